@@ -1,0 +1,184 @@
+"""Converters from public data sets into the app's reranker feedback format.
+
+Each converter module has a reader ``read_<name>(path)`` that returns the data set's parsed rows
+and a pure function ``convert_<name>(rows)`` that turns them into app records::
+
+    {"query": str,
+     "query_id": str,
+     "all_sources": [{"title": str, "url": str, "snippet": str}, ...],   # display order
+     "positive_sources": [url, ...],                                     # pick order
+     "negative_sources": [url, ...],
+     "timestamp": null}
+
+which :func:`datamodules.feedback.parse_reranker_record` accepts. ``all_sources`` keeps the data
+set's own display order (it is the baseline ranking).
+
+Converters:
+
+* :mod:`.msmarco`: MS MARCO v1.1 QnA (``is_selected`` passages are positives).
+* :mod:`.trec_session`: TREC Session Track 2013 (clicked results are positives).
+* :mod:`.wikiqa`: WikiQA train and dev (label 1 sentences are positives; test is refused).
+
+Run them with ``python -m datamodules.converters {msmarco,trec-session,wikiqa} --input PATH
+--output PATH``.
+
+Repeated urls: the parser marks *every* source that shows a positive url as positive. When a data
+set shows the same url more than once for one query (MS MARCO does: several passages of one page,
+sometimes with different labels), :func:`disambiguate_urls` keeps the first occurrence as it is
+and appends a fragment to each later one (``#passage-{position}`` for MS MARCO, ``#rank-{rank}``
+for TREC Session), so that each label stays with its own passage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion read, wrote and dropped (reason -> count), for the CLI and logs."""
+
+    read: int = 0
+    written: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+def disambiguate_urls(urls: Sequence[str], tags: Sequence[str] | None = None) -> list[str]:
+    """Make the urls of one query's sources distinct.
+
+    The first occurrence of a url is kept unchanged; each later occurrence gets ``#{tag}``
+    appended, where ``tags[i]`` names position ``i`` (default ``passage-{i}``, ``i`` 0-based).
+    Should the result collide with another url of the list, ``-2``, ``-3``... is appended too.
+    """
+    if tags is None:
+        tags = [f"passage-{i}" for i in range(len(urls))]
+    if len(tags) != len(urls):
+        raise ValueError(f"got {len(tags)} tags for {len(urls)} urls")
+    taken = set(urls)
+    seen: set[str] = set()
+    out: list[str] = []
+    for url, tag in zip(urls, tags, strict=True):
+        if url not in seen:
+            seen.add(url)
+            out.append(url)
+            continue
+        candidate = f"{url}#{tag}"
+        suffix = 2
+        while candidate in taken:
+            candidate = f"{url}#{tag}-{suffix}"
+            suffix += 1
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def make_record(
+    *,
+    query: str,
+    query_id: str,
+    sources: Sequence[dict[str, str]],
+    positive: Sequence[bool],
+    timestamp: str | None = None,
+) -> dict[str, Any]:
+    """An app record from sources (already with distinct urls) and one flag per source.
+
+    ``positive_sources`` follows the order of ``sources``: callers pass sources in pick order
+    when it differs from display order.
+    """
+    if len(sources) != len(positive):
+        raise ValueError(f"got {len(positive)} labels for {len(sources)} sources")
+    urls = [s["url"] for s in sources]
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"query {query_id!r}: urls are not distinct; use disambiguate_urls")
+    return {
+        "query": query,
+        "query_id": query_id,
+        "all_sources": [dict(s) for s in sources],
+        "positive_sources": [u for u, p in zip(urls, positive, strict=True) if p],
+        "negative_sources": [u for u, p in zip(urls, positive, strict=True) if not p],
+        "timestamp": timestamp,
+    }
+
+
+def read_json_rows(path: str | Path) -> list[Any]:
+    """Rows of a ``.jsonl`` file (one JSON value a line) or of a ``.json`` file holding a list."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        rows = []
+        # Split on "\n" only: str.splitlines() also breaks on U+0085, U+2028... which JSON
+        # strings may hold unescaped (TREC Session 2013 has a U+0085 in a snippet).
+        for line_no, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_no}: invalid JSON: {err.msg}") from None
+        return rows
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    return data
+
+
+def dump_feedback(records: Iterable[dict[str, Any]]) -> str:
+    """``{"reranker_data": [...]}`` with one record a line: compact, yet diffs stay readable."""
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
+    if not lines:
+        return '{"reranker_data":[]}\n'
+    return '{"reranker_data":[\n' + ",\n".join(lines) + "\n]}\n"
+
+
+def write_feedback_file(
+    records: Sequence[dict[str, Any]], output: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write records atomically (temp file in the same folder, then ``os.replace``).
+
+    Raises :class:`FileExistsError` when ``output`` exists and ``overwrite`` is false.
+    """
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dump_feedback(records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def feedback_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Records, sources, positive sources and records without a positive, for reports."""
+    counts = {"records": 0, "sources": 0, "positives": 0, "records_without_positive": 0}
+    for r in records:
+        counts["records"] += 1
+        counts["sources"] += len(r["all_sources"])
+        counts["positives"] += len(r["positive_sources"])
+        counts["records_without_positive"] += not r["positive_sources"]
+    return counts

@@ -1,0 +1,115 @@
+"""Turning (query, documents) lists into model inputs.
+
+The model owns its tokenizer and decides how a list is encoded (a cross-encoder reads each
+(query, document) pair jointly, a bi-encoder reads queries and documents separately); the data
+module calls the encoder the model hands it, inside the collate function, so tokenisation runs in
+the loader workers. Only real documents are encoded: padding slots of a ``[B, L]`` list exist in
+the label/mask tensors, never as model inputs.
+
+Sequences are padded per *chunk*: the texts of a batch are sorted by token length and cut into
+chunks of ``chunk_size``, each padded to its own longest member, so one long snippet does not
+make the whole batch pay for its length. ``order`` says where each encoded row belongs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+ChunkedInputs = dict[str, Any]  # {"chunks": [dict[str, Tensor]], "order": LongTensor}
+
+
+class InputEncoder(Protocol):
+    def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]: ...
+
+
+def truncate_queries(
+    tokenizer: PreTrainedTokenizerBase, queries: list[str], max_tokens: int
+) -> list[str]:
+    """Cut queries longer than ``max_tokens`` tokens at a token boundary of the original text."""
+    encoded = tokenizer(
+        queries, add_special_tokens=False, return_offsets_mapping=True, truncation=False
+    )
+    out = []
+    for query, offsets in zip(queries, encoded["offset_mapping"], strict=True):
+        out.append(query if len(offsets) <= max_tokens else query[: offsets[max_tokens - 1][1]])
+    return out
+
+
+def pad_in_chunks(
+    tokenizer: PreTrainedTokenizerBase, encoded: dict[str, list], chunk_size: int
+) -> ChunkedInputs:
+    """Sort unpadded encodings by length, pad them chunk by chunk."""
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks = []
+    for start in range(0, len(order), chunk_size):
+        rows = order[start : start + chunk_size]
+        features = [{key: values[i] for key, values in encoded.items()} for i in rows]
+        padded = tokenizer.pad(features, padding=True, return_tensors="pt")
+        chunks.append({k: v for k, v in padded.items() if isinstance(v, torch.Tensor)})
+    return {"chunks": chunks, "order": torch.tensor(order, dtype=torch.long)}
+
+
+def unchunk(outputs: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
+    """Put per-chunk outputs (rows in sorted order) back in the original order."""
+    stacked = torch.cat(outputs, dim=0)
+    restored = torch.empty_like(stacked)
+    restored[order] = stacked
+    return restored
+
+
+@dataclass
+class CrossEncoderInputs:
+    """Pairs ``[CLS] query [SEP] document [SEP]``, truncated on the document side only.
+
+    Queries longer than ``max_query_length`` tokens are cut first, so that every pair keeps the
+    whole query (or at least its first ``max_query_length`` tokens).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 256
+    max_query_length: int = 64
+    chunk_size: int = 32
+
+    def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]:
+        # Leave at least half of the pair for the document, whatever the configured lengths.
+        query_limit = min(self.max_query_length, self.max_length // 2)
+        queries = truncate_queries(self.tokenizer, queries, query_limit)
+        pair_queries = [q for q, docs in zip(queries, documents, strict=True) for _ in docs]
+        pair_documents = [d for docs in documents for d in docs]
+        pairs = self.tokenizer(
+            pair_queries, pair_documents, truncation="only_second", max_length=self.max_length
+        )
+        return {"pairs": pad_in_chunks(self.tokenizer, pairs, self.chunk_size)}
+
+
+@dataclass
+class BiEncoderInputs:
+    """Queries and documents tokenised separately (documents padded in length-sorted chunks)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 256
+    max_query_length: int = 64
+    chunk_size: int = 32
+
+    def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]:
+        query_inputs = self.tokenizer(
+            queries,
+            truncation=True,
+            max_length=self.max_query_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        flat_documents = [d for docs in documents for d in docs]
+        document_inputs = self.tokenizer(
+            flat_documents, truncation=True, max_length=self.max_length
+        )
+        return {
+            "queries": {k: v for k, v in query_inputs.items() if isinstance(v, torch.Tensor)},
+            "documents": pad_in_chunks(self.tokenizer, document_inputs, self.chunk_size),
+            "documents_per_query": torch.tensor([len(docs) for docs in documents]),
+        }

@@ -1,0 +1,474 @@
+"""The one place that reads and validates the app's feedback files.
+
+Everything downstream receives typed, validated records (:class:`RerankerRecord`). A file that
+cannot be trusted is reported with its path, the record's index and the offending field
+(:class:`FeedbackError`); in ``on_invalid="skip"`` mode bad records are dropped and counted in a
+:class:`ParseReport` instead, so training never sees a half-parsed record.
+
+Accepted inputs: a ``.json`` file (``{"reranker_data": [...]}`` as the app writes it, or a bare
+list of records), a ``.jsonl`` file (one record a line, for large logs), a directory of such
+files, or a glob pattern; any mix of these.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+log = logging.getLogger(__name__)
+
+OnInvalid = Literal["error", "skip"]
+LabelMode = Literal["binary", "pick_order"]
+FEEDBACK_SUFFIXES = (".json", ".jsonl")
+# Grades given to the user's 1st, 2nd, 3rd... pick in ``label_mode="pick_order"``; later picks
+# get the last value. Unpicked sources get 0.
+PICK_ORDER_GRADES = (3.0, 2.0, 1.0)
+
+
+class FeedbackError(ValueError):
+    """A feedback file or record that cannot be used, located as precisely as possible."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path,
+        record: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file)
+        self.record = record
+        self.field = field
+        self.reason = message
+        where = self.file
+        if record is not None:
+            where += f": record {record}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source the app showed for a query."""
+
+    title: str
+    url: str
+    snippet: str
+
+
+@dataclass(frozen=True)
+class RerankerRecord:
+    """One query with its sources in the order the app displayed them.
+
+    Sources are keyed by position, never by url alone: the same url can be shown twice for one
+    query (real logs have this), and ``grades[i]`` belongs to ``sources[i]``.
+    """
+
+    query: str
+    sources: tuple[Source, ...]
+    grades: tuple[float, ...]
+    query_id: str
+    timestamp: str | None = None
+    origin: str = ""
+
+    @property
+    def has_positive(self) -> bool:
+        return any(g > 0 for g in self.grades)
+
+    @property
+    def has_contrast(self) -> bool:
+        """True when the grades differ, i.e. the list can teach a ranking loss something."""
+        return len(set(self.grades)) > 1
+
+
+@dataclass
+class ParseReport:
+    """What a load read, kept and dropped (with reasons), for logs and for the user."""
+
+    files: list[str] = field(default_factory=list)
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def drop(self, error: FeedbackError, max_examples: int = 5) -> None:
+        self.dropped[error.reason if error.field is None else f"{error.field}: {error.reason}"] += 1
+        if len(self.examples) < max_examples:
+            self.examples.append(str(error))
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def summary(self) -> str:
+        text = f"read {self.read} records from {len(self.files)} file(s), kept {self.kept}"
+        if self.n_dropped:
+            reasons = "; ".join(f"{n} x {reason}" for reason, n in self.dropped.most_common())
+            text += f", dropped {self.n_dropped} ({reasons})"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def discover_feedback_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Expand files, directories (their ``*.json``/``*.jsonl``, sorted) and glob patterns."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for entry in paths:
+        entry_str = str(entry)
+        if any(ch in entry_str for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(entry_str, recursive=True))
+            if not matches:
+                raise FeedbackError("no file matches this pattern", file=entry_str)
+            found.extend(p for p in matches if p.is_file())
+            continue
+        path = Path(entry)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix in FEEDBACK_SUFFIXES
+            )
+            if not files:
+                raise FeedbackError("directory holds no .json or .jsonl file", file=path)
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FeedbackError("no such file or directory", file=path)
+    # The same file named twice (e.g. by a directory and a glob) is read once.
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), None)
+    return list(unique)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FeedbackError(
+            f"not UTF-8 text (byte {err.start} cannot be decoded); re-save the file as UTF-8",
+            file=path,
+        ) from None
+
+
+def iter_raw_records(
+    path: Path, top_key: str, report: ParseReport, on_invalid: OnInvalid
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(record_index, raw_record)`` from one JSON or JSON Lines file.
+
+    A syntax error that breaks a whole ``.json`` file is always fatal (no record can be trusted);
+    a broken line of a ``.jsonl`` file is one bad record and honours ``on_invalid``.
+    """
+    text = _read_text(path)
+    if path.suffix == ".jsonl":
+        index = -1
+        # Split on "\n" only: str.splitlines() also breaks at U+0085/U+2028, which occur
+        # inside real snippets and are legal inside JSON strings.
+        for line_no, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            index += 1
+            report.read += 1
+            try:
+                yield index, json.loads(line)
+            except json.JSONDecodeError as err:
+                error = FeedbackError(
+                    f"invalid JSON at line {line_no} column {err.colno}: {err.msg}",
+                    file=path,
+                    record=index,
+                )
+                if on_invalid == "error":
+                    raise error from None
+                report.drop(error)
+        return
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FeedbackError(
+            f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}", file=path
+        ) from None
+    if isinstance(data, dict):
+        if top_key not in data:
+            raise FeedbackError(
+                f"expected a top-level key '{top_key}' (found: {sorted(data)[:5]})",
+                file=path,
+                field=top_key,
+            )
+        data = data[top_key]
+    if not isinstance(data, list):
+        raise FeedbackError(
+            f"expected a list of records, got {type(data).__name__}", file=path, field=top_key
+        )
+    for index, raw in enumerate(data):
+        report.read += 1
+        yield index, raw
+
+
+RecordT = TypeVar("RecordT")
+
+
+def load_feedback(
+    paths: str | Path | Sequence[str | Path],
+    *,
+    top_key: str,
+    parse_record: Callable[[Any, str, int], RecordT],
+    on_invalid: OnInvalid = "error",
+) -> tuple[list[RecordT], ParseReport]:
+    """Read every record of every file with ``parse_record(raw, file, index)``.
+
+    ``parse_record`` raises :class:`FeedbackError` for a bad record; ``on_invalid`` decides
+    whether that stops the load (``"error"``) or drops the record and counts it (``"skip"``).
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    report = ParseReport()
+    records: list[RecordT] = []
+    for path in discover_feedback_files(paths):
+        report.files.append(str(path))
+        for index, raw in iter_raw_records(path, top_key, report, on_invalid):
+            try:
+                records.append(parse_record(raw, str(path), index))
+            except FeedbackError as error:
+                if on_invalid == "error":
+                    raise
+                report.drop(error)
+    report.kept = len(records)
+    if report.n_dropped:
+        log.warning("Feedback: %s", report.summary())
+        for example in report.examples:
+            log.warning("  dropped: %s", example)
+    else:
+        log.info("Feedback: %s", report.summary())
+    return records, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks shared by the record parsers
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def require_str(
+    raw: dict, key: str, *, file: str, index: int, where: str = "", non_empty: bool = True
+) -> str:
+    name = f"{where}{key}"
+    if key not in raw:
+        raise FeedbackError("missing", file=file, record=index, field=name)
+    value = raw[key]
+    if not isinstance(value, str):
+        raise FeedbackError(
+            f"expected a string, got {_type_name(value)}", file=file, record=index, field=name
+        )
+    if non_empty and not value.strip():
+        raise FeedbackError("empty", file=file, record=index, field=name)
+    return value
+
+
+def optional_str(raw: dict, key: str, *, file: str, index: int, where: str = "") -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FeedbackError(
+            f"expected a string, got {_type_name(value)}",
+            file=file,
+            record=index,
+            field=f"{where}{key}",
+        )
+    return value
+
+
+def require_list(raw: dict, key: str, *, file: str, index: int, required: bool = True) -> list:
+    if key not in raw or raw[key] is None:
+        if required:
+            raise FeedbackError("missing", file=file, record=index, field=key)
+        return []
+    value = raw[key]
+    if not isinstance(value, list):
+        raise FeedbackError(
+            f"expected a list, got {_type_name(value)}", file=file, record=index, field=key
+        )
+    return value
+
+
+def require_record_object(raw: Any, *, file: str, index: int) -> dict:
+    if not isinstance(raw, dict):
+        raise FeedbackError(f"expected an object, got {_type_name(raw)}", file=file, record=index)
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# Reranker records
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_source(raw: Any, *, file: str, index: int, position: int) -> Source:
+    where = f"all_sources[{position}]."
+    if not isinstance(raw, dict):
+        raise FeedbackError(
+            f"expected an object, got {_type_name(raw)}",
+            file=file,
+            record=index,
+            field=f"all_sources[{position}]",
+        )
+    url = require_str(raw, "url", file=file, index=index, where=where)
+    title = optional_str(raw, "title", file=file, index=index, where=where) or ""
+    snippet = optional_str(raw, "snippet", file=file, index=index, where=where) or ""
+    if not title.strip() and not snippet.strip():
+        raise FeedbackError(
+            "source has neither title nor snippet text",
+            file=file,
+            record=index,
+            field=f"all_sources[{position}]",
+        )
+    return Source(title=title, url=url, snippet=snippet)
+
+
+def _url_list(raw: dict, key: str, positions: dict[str, list[int]], *, file: str, index: int):
+    urls = require_list(raw, key, file=file, index=index, required=key == "positive_sources")
+    seen: set[str] = set()
+    for i, url in enumerate(urls):
+        name = f"{key}[{i}]"
+        if not isinstance(url, str):
+            raise FeedbackError(
+                f"expected a url string, got {_type_name(url)}", file=file, record=index, field=name
+            )
+        if url not in positions:
+            raise FeedbackError(
+                f"url {url!r} is not among all_sources", file=file, record=index, field=name
+            )
+        if url in seen:
+            raise FeedbackError(f"url {url!r} listed twice", file=file, record=index, field=name)
+        seen.add(url)
+    return urls
+
+
+def parse_reranker_record(
+    raw: Any, file: str, index: int, *, label_mode: LabelMode = "binary"
+) -> RerankerRecord:
+    """Validate one app record and turn it into a :class:`RerankerRecord`.
+
+    Labels: a url in ``positive_sources`` marks every position that shows it (the same page is
+    equally relevant wherever it appears); sources in neither list were shown and not picked, so
+    they are negatives. ``label_mode="binary"`` gives picks 1; ``"pick_order"`` grades picks by
+    the order the user picked them (3, 2, 1, then 1). An optional ``relevance: {url: grade}``
+    overrides both for the urls it names.
+    """
+    record = require_record_object(raw, file=file, index=index)
+    query = require_str(record, "query", file=file, index=index)
+    raw_sources = require_list(record, "all_sources", file=file, index=index)
+    if not raw_sources:
+        raise FeedbackError("no sources", file=file, record=index, field="all_sources")
+    sources = tuple(
+        parse_source(s, file=file, index=index, position=p) for p, s in enumerate(raw_sources)
+    )
+    positions: dict[str, list[int]] = {}
+    for p, source in enumerate(sources):
+        positions.setdefault(source.url, []).append(p)
+
+    positives = _url_list(record, "positive_sources", positions, file=file, index=index)
+    negatives = _url_list(record, "negative_sources", positions, file=file, index=index)
+    both = set(positives) & set(negatives)
+    if both:
+        raise FeedbackError(
+            f"url {sorted(both)[0]!r} is both positive and negative",
+            file=file,
+            record=index,
+            field="negative_sources",
+        )
+
+    grades = [0.0] * len(sources)
+    for rank, url in enumerate(positives):
+        if label_mode == "binary":
+            grade = 1.0
+        elif label_mode == "pick_order":
+            grade = PICK_ORDER_GRADES[min(rank, len(PICK_ORDER_GRADES) - 1)]
+        else:
+            raise ValueError(f"label_mode must be 'binary' or 'pick_order', got {label_mode!r}")
+        for p in positions[url]:
+            grades[p] = grade
+
+    relevance = record.get("relevance")
+    if relevance is not None:
+        if not isinstance(relevance, dict):
+            raise FeedbackError(
+                f"expected an object {{url: grade}}, got {_type_name(relevance)}",
+                file=file,
+                record=index,
+                field="relevance",
+            )
+        for url, grade in relevance.items():
+            name = f"relevance[{url!r}]"
+            if url not in positions:
+                raise FeedbackError(
+                    "url is not among all_sources", file=file, record=index, field=name
+                )
+            if (
+                isinstance(grade, bool)
+                or not isinstance(grade, (int, float))
+                or not math.isfinite(grade)
+                or grade < 0
+            ):
+                raise FeedbackError(
+                    f"expected a finite grade >= 0, got {grade!r}",
+                    file=file,
+                    record=index,
+                    field=name,
+                )
+            for p in positions[url]:
+                grades[p] = float(grade)
+
+    query_id = record.get("query_id")
+    if query_id is not None and not isinstance(query_id, (str, int)):
+        raise FeedbackError(
+            f"expected a string or integer, got {_type_name(query_id)}",
+            file=file,
+            record=index,
+            field="query_id",
+        )
+    return RerankerRecord(
+        query=query,
+        sources=sources,
+        grades=tuple(grades),
+        query_id=str(query_id) if query_id is not None else f"{Path(file).stem}:{index}",
+        timestamp=optional_str(record, "timestamp", file=file, index=index),
+        origin=f"{file}:{index}",
+    )
+
+
+def load_reranker_feedback(
+    paths: str | Path | Sequence[str | Path],
+    *,
+    label_mode: LabelMode = "binary",
+    on_invalid: OnInvalid = "error",
+) -> tuple[list[RerankerRecord], ParseReport]:
+    """Load ``reranker_training_data.json``-style feedback from files, directories or globs."""
+
+    def parse(raw: Any, file: str, index: int) -> RerankerRecord:
+        return parse_reranker_record(raw, file, index, label_mode=label_mode)
+
+    return load_feedback(paths, top_key="reranker_data", parse_record=parse, on_invalid=on_invalid)
+
+
+def render_document(template: str, source: Source) -> str:
+    """The text the model reads for a source, e.g. ``"{title}\\n{snippet}"``.
+
+    Surrounding whitespace is stripped so that a missing title leaves no stray separator.
+    """
+    return template.format(title=source.title, snippet=source.snippet, url=source.url).strip()

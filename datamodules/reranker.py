@@ -1,0 +1,297 @@
+"""Listwise batches of feedback for reranker training, validation, testing and prediction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.encoding import InputEncoder
+from datamodules.feedback import (
+    LabelMode,
+    OnInvalid,
+    ParseReport,
+    RerankerRecord,
+    load_reranker_feedback,
+    render_document,
+)
+from datamodules.split import is_validation_query, normalise_query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RerankList:
+    """One query's (possibly sampled) list, before collation."""
+
+    record_index: int
+    query: str
+    documents: list[str]
+    grades: list[float]
+    positions: list[int]  # display positions (0 = shown first) of the documents kept
+
+
+@dataclass
+class RerankBatch:
+    """B queries x up to L documents.
+
+    ``labels``/``mask``/``display_rank`` are ``[B, L]``; ``inputs`` holds model inputs for the
+    real documents only, in row-major order of ``mask`` (``scores[mask] = model(inputs)``).
+    """
+
+    inputs: dict[str, dict[str, torch.Tensor]]
+    labels: torch.Tensor
+    mask: torch.Tensor
+    display_rank: torch.Tensor
+    record_index: torch.Tensor
+    positions: list[list[int]] = field(default_factory=list)
+
+    @property
+    def display_scores(self) -> torch.Tensor:
+        """Scores that reproduce the order the app showed (first shown = highest)."""
+        return -self.display_rank.to(torch.float32)
+
+
+class RerankListDataset(Dataset):
+    """Records as lists; in sampling mode keeps every positive and samples negatives.
+
+    ``max_docs`` caps the list: positives first (sampled if they alone exceed the cap), then a
+    uniform sample of negatives fills the rest. Sampling uses torch's global RNG so that
+    ``seed_everything(workers=True)`` makes it reproducible. Kept documents stay in display order.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[RerankerRecord],
+        document_template: str,
+        max_docs: int | None,
+        sample: bool,
+    ) -> None:
+        self.records = list(records)
+        self.document_template = document_template
+        self.max_docs = max_docs
+        self.sample = sample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _choose_positions(self, record: RerankerRecord) -> list[int]:
+        n = len(record.sources)
+        if self.max_docs is None or n <= self.max_docs:
+            return list(range(n))
+        if not self.sample:
+            return list(range(self.max_docs))  # evaluation of a capped list: what was shown first
+        positives = [p for p, g in enumerate(record.grades) if g > 0]
+        negatives = [p for p, g in enumerate(record.grades) if g <= 0]
+        if len(positives) > self.max_docs:
+            positives = [positives[i] for i in torch.randperm(len(positives))[: self.max_docs]]
+        room = self.max_docs - len(positives)
+        chosen_negatives = [negatives[i] for i in torch.randperm(len(negatives))[:room]]
+        return sorted(positives + chosen_negatives)
+
+    def __getitem__(self, index: int) -> RerankList:
+        record = self.records[index]
+        positions = self._choose_positions(record)
+        return RerankList(
+            record_index=index,
+            query=record.query,
+            documents=[
+                render_document(self.document_template, record.sources[p]) for p in positions
+            ],
+            grades=[record.grades[p] for p in positions],
+            positions=positions,
+        )
+
+
+@dataclass
+class ListwiseCollator:
+    """Stacks lists into a :class:`RerankBatch` and tokenises with the model's encoder."""
+
+    input_encoder: InputEncoder
+
+    def __call__(self, lists: list[RerankList]) -> RerankBatch:
+        width = max(len(item.documents) for item in lists)
+        labels = torch.zeros(len(lists), width)
+        mask = torch.zeros(len(lists), width, dtype=torch.bool)
+        display_rank = torch.zeros(len(lists), width, dtype=torch.long)
+        for row, item in enumerate(lists):
+            n = len(item.documents)
+            labels[row, :n] = torch.tensor(item.grades)
+            mask[row, :n] = True
+            display_rank[row, :n] = torch.tensor(item.positions)
+        return RerankBatch(
+            inputs=self.input_encoder([i.query for i in lists], [i.documents for i in lists]),
+            labels=labels,
+            mask=mask,
+            display_rank=display_rank,
+            record_index=torch.tensor([i.record_index for i in lists]),
+            positions=[i.positions for i in lists],
+        )
+
+
+class RerankerDataModule(L.LightningDataModule):
+    """Reads reranker feedback and serves listwise batches.
+
+    Args:
+        train_files: feedback files, directories or globs (JSON or JSON Lines) to learn from;
+            a deterministic hash of each normalised query sends ``validation_fraction`` of the
+            queries to validation instead.
+        val_files: explicit validation feedback. When given, no hash split is made and training
+            drops any record whose query also appears here.
+        test_files: feedback for ``main.py test`` (same metrics as validation).
+        predict_files: feedback-format files to rerank with ``main.py predict``.
+        validation_fraction: share of queries (by hash) held out for validation.
+        split_salt: changes which queries are held out, reproducibly.
+        label_mode: ``binary`` (picked = 1) or ``pick_order`` (1st/2nd/3rd pick = 3/2/1).
+        on_invalid: ``error`` stops at the first bad record; ``skip`` drops and reports them.
+        document_template: how a source becomes text, over ``{title}``, ``{snippet}``, ``{url}``.
+        batch_size: queries per training batch.
+        eval_batch_size: queries per validation/test/predict batch (default: ``batch_size``).
+        max_docs_per_query: list cap in training (all positives kept, negatives sampled).
+        max_docs_per_query_eval: list cap in evaluation; ``None`` keeps whole lists.
+        num_workers: DataLoader worker processes (tokenisation runs there).
+        train_on_uniform_lists: training normally drops lists whose labels are all equal (no
+            pick, or everything picked): ranking losses get nothing from them. Set true to keep
+            them, e.g. for the pointwise loss, which learns "not relevant" from them.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        predict_files: list[str] | None = None,
+        validation_fraction: float = 0.2,
+        split_salt: str = "",
+        label_mode: LabelMode = "binary",
+        on_invalid: OnInvalid = "error",
+        document_template: str = "{title}\n{snippet}",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_docs_per_query: int = 16,
+        max_docs_per_query_eval: int | None = None,
+        num_workers: int = 0,
+        train_on_uniform_lists: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_files = train_files or []
+        self.val_files = val_files or []
+        self.test_files = test_files or []
+        self.predict_files = predict_files or []
+        self.validation_fraction = validation_fraction
+        self.split_salt = split_salt
+        self.label_mode = label_mode
+        self.on_invalid = on_invalid
+        self.document_template = document_template
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_docs_per_query = max_docs_per_query
+        self.max_docs_per_query_eval = max_docs_per_query_eval
+        self.num_workers = num_workers
+        self.train_on_uniform_lists = train_on_uniform_lists
+        self.input_encoder: InputEncoder | None = None
+        self.train_records: list[RerankerRecord] = []
+        self.val_records: list[RerankerRecord] = []
+        self.test_records: list[RerankerRecord] = []
+        self.predict_records: list[RerankerRecord] = []
+        self.reports: dict[str, ParseReport] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load(self, name: str, files: list[str]) -> list[RerankerRecord]:
+        records, report = load_reranker_feedback(
+            files, label_mode=self.label_mode, on_invalid=self.on_invalid
+        )
+        self.reports[name] = report
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.input_encoder is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if module is None or not hasattr(module, "input_encoder"):
+                raise RuntimeError(
+                    "RerankerDataModule needs the model's input encoder: run it through a Trainer "
+                    "with a reranker module, or set `datamodule.input_encoder` yourself."
+                )
+            self.input_encoder = module.input_encoder()
+        if stage in (None, "fit", "validate") and not (self.train_records or self.val_records):
+            self._setup_fit()
+        if stage in (None, "test") and not self.test_records:
+            if not self.test_files:
+                raise ValueError("`test` needs data.test_files")
+            self.test_records = self._load("test", self.test_files)
+        if stage in (None, "predict") and not self.predict_records:
+            if not self.predict_files:
+                raise ValueError("`predict` needs data.predict_files")
+            self.predict_records = self._load("predict", self.predict_files)
+
+    def _setup_fit(self) -> None:
+        if not self.train_files and not self.val_files:
+            raise ValueError("fit/validate need data.train_files (and optionally data.val_files)")
+        records = self._load("train", self.train_files) if self.train_files else []
+        if self.val_files:
+            self.val_records = self._load("validation", self.val_files)
+            held_out = {normalise_query(r.query) for r in self.val_records}
+            train = [r for r in records if normalise_query(r.query) not in held_out]
+            if len(train) < len(records):
+                log.info(
+                    "Dropped %d training records whose query is in val_files",
+                    len(records) - len(train),
+                )
+        else:
+            train, self.val_records = [], []
+            for r in records:
+                side = is_validation_query(r.query, self.validation_fraction, self.split_salt)
+                (self.val_records if side else train).append(r)
+        if self.train_on_uniform_lists:
+            self.train_records = train
+        else:
+            self.train_records = [r for r in train if r.has_contrast]
+        log.info(
+            "Reranker data: %d training lists (%d without a pick or with everything picked "
+            "left out of training), %d validation lists (%d with a pick)",
+            len(self.train_records),
+            len(train) - len(self.train_records),
+            len(self.val_records),
+            sum(r.has_positive for r in self.val_records),
+        )
+
+    # -- loaders ---------------------------------------------------------------------------
+
+    def _loader(self, records, *, train: bool) -> DataLoader:
+        dataset = RerankListDataset(
+            records,
+            self.document_template,
+            self.max_docs_per_query if train else self.max_docs_per_query_eval,
+            sample=train,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            collate_fn=ListwiseCollator(self.input_encoder),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_records:
+            raise ValueError(
+                "No training list has both a picked and an unpicked source: nothing to learn "
+                f"from ({self.reports.get('train', ParseReport()).summary()})"
+            )
+        return self._loader(self.train_records, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_records, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_records, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_records, train=False)

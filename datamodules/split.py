@@ -1,0 +1,31 @@
+"""Deterministic train/validation split by query.
+
+A record's side depends only on its normalised query text (and an optional salt), never on the
+order or size of the data: the same query always lands on the same side, both copies of a
+repeated query land together, and as feedback grows old queries stay where they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalise_query(query: str) -> str:
+    """Case-, width- and whitespace-insensitive form of a query (NFKC, casefold, one space)."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", query).casefold()).strip()
+
+
+def query_bucket(query: str, salt: str = "") -> float:
+    """A stable number in [0, 1) for the query: the first 8 bytes of a SHA-256 hash."""
+    digest = hashlib.sha256(f"{salt}\x1f{normalise_query(query)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def is_validation_query(query: str, validation_fraction: float, salt: str = "") -> bool:
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    return query_bucket(query, salt) < validation_fraction

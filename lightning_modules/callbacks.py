@@ -1,0 +1,123 @@
+"""Callbacks that turn a run into artefacts the app can use: exported models and rankings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+from lightning_modules.export import write_atomically
+
+log = logging.getLogger(__name__)
+
+
+def document_template_of(trainer: L.Trainer) -> str:
+    datamodule = getattr(trainer, "datamodule", None)
+    return getattr(datamodule, "document_template", "{title}\n{snippet}")
+
+
+def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
+    """Load a Lightning checkpoint's weights into an already built module (strictly)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(checkpoint["state_dict"])
+
+
+class ExportBestModel(L.Callback):
+    """At the end of ``fit``, export the best checkpoint (by the ModelCheckpoint's monitor).
+
+    Args:
+        export_dir: where to write; default ``<log dir>/export``, a fresh folder for every run,
+            so a fit never replaces a model that is already there.
+        overwrite: replace ``export_dir`` if it exists.
+    """
+
+    def __init__(self, export_dir: str | None = None, overwrite: bool = False) -> None:
+        self.export_dir = export_dir
+        self.overwrite = overwrite
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        checkpoint = next(
+            (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path),
+            None,
+        )
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        if checkpoint is not None:
+            load_weights(pl_module, checkpoint.best_model_path)
+            log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
+        target = Path(self.export_dir or Path(trainer.log_dir or ".") / "export")
+        pl_module.export(
+            target, document_template=document_template_of(trainer), overwrite=self.overwrite
+        )
+        pl_module.load_state_dict(state)  # leave the module as fit left it
+        print(f"Exported the fine-tuned model to {target}")
+
+
+class RerankingWriter(BasePredictionWriter):
+    """Writes ``predict`` results: the reranked feedback JSON and a TREC run file.
+
+    ``reranked.json`` is the input in the app's format with ``all_sources`` reordered best
+    first, each source carrying its ``score`` and ``display_position`` (where the app showed
+    it). ``run.trec`` has one line per source: ``qid Q0 docid rank score tag``, where docid is
+    the source url (``url#position`` when a url repeats within a query).
+    """
+
+    def __init__(
+        self,
+        output_dir: str = "predictions",
+        tag: str = "feedback-finetuning",
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = Path(output_dir)
+        self.tag = tag
+        self.overwrite = overwrite
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Any,
+        batch_indices: Any,
+    ) -> None:
+        records = trainer.datamodule.predict_records
+        results = [item for batch in predictions for item in batch]
+        results.sort(key=lambda r: r["record_index"])
+
+        def write(folder: Path) -> None:
+            reranked, lines = [], []
+            for result in results:
+                record = records[result["record_index"]]
+                urls = [s.url for s in record.sources]
+                sources = []
+                for rank, (position, score) in enumerate(result["ranking"], start=1):
+                    source = record.sources[position]
+                    sources.append(
+                        {
+                            "title": source.title,
+                            "url": source.url,
+                            "snippet": source.snippet,
+                            "score": score,
+                            "display_position": position,
+                        }
+                    )
+                    docid = (
+                        source.url if urls.count(source.url) == 1 else f"{source.url}#{position}"
+                    )
+                    lines.append(f"{record.query_id} Q0 {docid} {rank} {score:.6f} {self.tag}")
+                reranked.append(
+                    {"query_id": record.query_id, "query": record.query, "all_sources": sources}
+                )
+            (folder / "reranked.json").write_text(
+                json.dumps({"reranker_data": reranked}, ensure_ascii=False, indent=1) + "\n"
+            )
+            (folder / "run.trec").write_text("\n".join(lines) + "\n")
+
+        write_atomically(self.output_dir, write, overwrite=self.overwrite)
+        print(f"Wrote {len(results)} reranked queries to {self.output_dir}")

@@ -1,0 +1,63 @@
+"""Writing fine-tuned models as folders the app can load, without ever losing the old one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Written beside the weights: what the model is and how the app must format documents for it.
+EXPORT_METADATA_FILE = "feedback_finetuning.json"
+
+
+def write_atomically(
+    target: Path, write: Callable[[Path], None], *, overwrite: bool = False
+) -> Path:
+    """Run ``write(folder)`` on a fresh folder next to ``target``, then move it into place.
+
+    The target appears complete or not at all: a crash mid-write leaves only a temporary
+    folder. An existing target is never touched unless ``overwrite``; then it is replaced by a
+    rename, and removed only once the new folder is in place.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=true to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(staging)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, backup / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(backup)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def save_sentence_transformer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    *,
+    max_seq_length: int,
+    normalize: bool,
+) -> None:
+    """Save a backbone as a SentenceTransformer: Transformer -> mean pooling [-> Normalize]."""
+    from sentence_transformers import SentenceTransformer, models
+
+    with tempfile.TemporaryDirectory() as raw:
+        model.save_pretrained(raw, safe_serialization=True)
+        tokenizer.save_pretrained(raw)
+        transformer = models.Transformer(raw, max_seq_length=max_seq_length)
+        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+        modules = [transformer, pooling] + ([models.Normalize()] if normalize else [])
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))

@@ -1,0 +1,307 @@
+"""Rerankers trained on listwise feedback batches: a cross-encoder and a bi-encoder scorer.
+
+Both share one LightningModule base (:class:`RerankerModule`): the loss, the optimiser and its
+schedule, validation metrics for the model *and for the order the app displayed* (so every run
+shows its lift over what users saw), prediction and export. Subclasses only say how a batch is
+scored and how the model is written out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    get_linear_schedule_with_warmup,
+)
+
+from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
+from datamodules.reranker import RerankBatch
+from lightning_modules.backbones import resolve_model_path
+from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
+from lightning_modules.losses import ListNetLoss, RankingLoss
+from lightning_modules.metrics import RankingMetrics
+
+# Parameters that AdamW should not decay (the usual BERT recipe).
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class RerankerModule(L.LightningModule):
+    """Shared training/evaluation logic; subclasses implement :meth:`score_batch`.
+
+    Args:
+        model_name_or_path: a local folder or a Hugging Face hub name.
+            ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the packaged, offline copy.
+        loss: a :class:`~lightning_modules.losses.RankingLoss` (default: ListNet).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: share of the optimisation steps spent warming the learning rate up
+            linearly from 0; it then decays linearly to 0 at the last step.
+        max_length: token budget of a document (cross-encoder: of the query-document pair).
+        max_query_length: token budget of a query.
+        trust_remote_code: allow a hub model to run its own Python code (e.g.
+            ``jinaai/jina-reranker-v1-turbo-en``). Off unless you opt in.
+    """
+
+    architecture: str = ""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2",
+        loss: RankingLoss | None = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        max_length: int = 256,
+        max_query_length: int = 64,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.model_name_or_path = model_name_or_path
+        self.model_path = resolve_model_path(model_name_or_path)
+        self.loss = loss if loss is not None else ListNetLoss()
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.max_length = max_length
+        self.max_query_length = max_query_length
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_path, trust_remote_code=trust_remote_code
+        )
+        self.val_metrics = RankingMetrics()
+        self.val_display_metrics = RankingMetrics()
+        self.test_metrics = RankingMetrics()
+        self.test_display_metrics = RankingMetrics()
+
+    # -- to implement ----------------------------------------------------------------------
+
+    def input_encoder(self):
+        """The picklable callable the data module tokenises batches with."""
+        raise NotImplementedError
+
+    def score_inputs(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Scores of the real documents of a batch, flat, in row-major order of its mask."""
+        raise NotImplementedError
+
+    def _save_model(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def score_batch(self, batch: RerankBatch) -> torch.Tensor:
+        """``[B, L]`` scores; padding slots hold 0 and are masked everywhere downstream."""
+        flat = self.score_inputs(batch.inputs)
+        scores = flat.new_zeros(batch.mask.shape)
+        scores[batch.mask] = flat
+        return scores
+
+    def training_step(self, batch: RerankBatch, batch_idx: int) -> torch.Tensor:
+        scores = self.score_batch(batch)
+        loss = self.loss(scores, batch.labels, batch.mask)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.labels.shape[0])
+        return loss
+
+    def _eval_step(self, batch: RerankBatch, stage: str) -> None:
+        scores = self.score_batch(batch)
+        size = batch.labels.shape[0]
+        self.log(f"{stage}/loss", self.loss(scores, batch.labels, batch.mask), batch_size=size)
+        getattr(self, f"{stage}_metrics").update_lists(
+            scores, batch.labels, batch.mask, batch.record_index
+        )
+        getattr(self, f"{stage}_display_metrics").update_lists(
+            batch.display_scores, batch.labels, batch.mask, batch.record_index
+        )
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        model = getattr(self, f"{stage}_metrics")
+        display = getattr(self, f"{stage}_display_metrics")
+        model_values, display_values = model.compute(), display.compute()
+        logged = {}
+        for name, value in model_values.items():
+            logged[f"{stage}/{name}"] = value
+            logged[f"{stage}/display/{name}"] = display_values[name]
+            logged[f"{stage}/lift/{name}"] = value - display_values[name]
+        headline = f"{stage}/ndcg@10"
+        self.log(headline, logged.pop(headline), prog_bar=True)
+        self.log_dict(logged)
+        model.reset()
+        display.reset()
+
+    def validation_step(self, batch: RerankBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: RerankBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: RerankBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """For each query: its record index and the display positions, best first, with scores."""
+        scores = self.score_batch(batch).float().cpu()
+        out = []
+        for row, positions in enumerate(batch.positions):
+            row_scores = scores[row, : len(positions)]
+            order = torch.argsort(row_scores, descending=True, stable=True).tolist()
+            out.append(
+                {
+                    "record_index": int(batch.record_index[row]),
+                    "ranking": [(positions[i], float(row_scores[i])) for i in order],
+                }
+            )
+        return out
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if any(n in name for n in _NO_DECAY) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.learning_rate,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(self.warmup_ratio * total))
+        schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export_metadata(self, document_template: str) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "base_model": self.model_name_or_path,
+            "document_template": document_template,
+            "max_length": self.max_length,
+            "max_query_length": self.max_query_length,
+        }
+
+    def export(
+        self, export_dir: str | Path, *, document_template: str, overwrite: bool = False
+    ) -> Path:
+        """Write a self-contained Hugging Face / sentence-transformers folder, atomically."""
+
+        def write(folder: Path) -> None:
+            self._save_model(folder)
+            metadata = self.export_metadata(document_template)
+            (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+        return write_atomically(Path(export_dir), write, overwrite=overwrite)
+
+
+class CrossEncoderReranker(RerankerModule):
+    """A cross-encoder: ``AutoModelForSequenceClassification`` with one output reads each
+    (query, document) pair and returns its relevance logit.
+
+    Any such model works: the packaged MiniLM (its classification head starts random), or hub
+    rerankers such as ``jinaai/jina-reranker-v1-turbo-en`` (``trust_remote_code: true``) and
+    ``cross-encoder/ms-marco-MiniLM-L6-v2`` for users online. The export loads with
+    ``AutoModelForSequenceClassification.from_pretrained`` and ``sentence_transformers.CrossEncoder``.
+    """
+
+    architecture = "cross-encoder"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_path, num_labels=1, trust_remote_code=self.trust_remote_code
+        ).train()  # from_pretrained returns eval mode; dropout belongs to training
+
+    def input_encoder(self) -> CrossEncoderInputs:
+        return CrossEncoderInputs(self.tokenizer, self.max_length, self.max_query_length)
+
+    def score_inputs(self, inputs):
+        pairs: ChunkedInputs = inputs["pairs"]
+        logits = [self.model(**chunk).logits.squeeze(-1) for chunk in pairs["chunks"]]
+        return unchunk(logits, pairs["order"])
+
+    def _save_model(self, folder: Path) -> None:
+        # A sentence-transformers CrossEncoder truncates to the tokenizer's model_max_length.
+        self.tokenizer.model_max_length = self.max_length
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+
+class BiEncoderReranker(RerankerModule):
+    """A bi-encoder scorer: query and document are encoded separately by the backbone,
+    mean-pooled, and scored by cosine similarity (or dot product) divided by a temperature.
+
+    This is how a sentence-embedding backbone such as all-MiniLM-L6-v2 was trained to rank, so
+    fine-tuning it keeps what it already knows. The temperature only sharpens the scores the loss
+    sees (it is learnable by default, initialised at ``temperature``); it never changes the
+    ranking, so the export is a plain ``sentence_transformers.SentenceTransformer``.
+
+    Args:
+        similarity: ``cosine`` (normalised embeddings) or ``dot``.
+        temperature: initial softmax temperature of the scores (0.05 = scale 20, as in
+            sentence-transformers' MultipleNegativesRankingLoss).
+        learn_temperature: learn the temperature with the model.
+    """
+
+    architecture = "bi-encoder"
+
+    def __init__(
+        self,
+        *args: Any,
+        similarity: Literal["cosine", "dot"] = "cosine",
+        temperature: float = 0.05,
+        learn_temperature: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(ignore=["loss"])
+        self.similarity = similarity
+        self.model = AutoModel.from_pretrained(
+            self.model_path, trust_remote_code=self.trust_remote_code
+        ).train()  # from_pretrained returns eval mode; dropout belongs to training
+        log_temperature = torch.tensor(math.log(temperature))
+        self.log_temperature = torch.nn.Parameter(log_temperature, requires_grad=learn_temperature)
+
+    def input_encoder(self) -> BiEncoderInputs:
+        return BiEncoderInputs(self.tokenizer, self.max_length, self.max_query_length)
+
+    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**features).last_hidden_state
+        weights = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.similarity == "cosine" else pooled
+
+    def score_inputs(self, inputs):
+        queries = self.embed(inputs["queries"])
+        chunked: ChunkedInputs = inputs["documents"]
+        documents = unchunk([self.embed(c) for c in chunked["chunks"]], chunked["order"])
+        # Each document belongs to one query: repeat the query embedding per real document.
+        counts = inputs["documents_per_query"]
+        per_document = torch.repeat_interleave(queries, counts, dim=0)
+        return (per_document * documents).sum(-1) / self.log_temperature.exp()
+
+    def export_metadata(self, document_template: str) -> dict[str, Any]:
+        return {**super().export_metadata(document_template), "similarity": self.similarity}
+
+    def _save_model(self, folder: Path) -> None:
+        from lightning_modules.export import save_sentence_transformer
+
+        save_sentence_transformer(
+            self.model,
+            self.tokenizer,
+            folder,
+            max_seq_length=self.max_length,
+            normalize=self.similarity == "cosine",
+        )
