@@ -122,17 +122,21 @@ class ParseReport:
 
 
 def discover_feedback_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Expand files, directories (their ``*.json``/``*.jsonl``, sorted) and glob patterns."""
+    """Expand files, directories and glob patterns (their ``*.json``/``*.jsonl``, sorted)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
     for entry in paths:
         entry_str = str(entry)
         if any(ch in entry_str for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(entry_str, recursive=True))
+            matches = sorted(
+                p
+                for p in map(Path, glob.glob(entry_str, recursive=True))
+                if p.is_file() and p.suffix in FEEDBACK_SUFFIXES
+            )
             if not matches:
-                raise FeedbackError("no file matches this pattern", file=entry_str)
-            found.extend(p for p in matches if p.is_file())
+                raise FeedbackError("no .json or .jsonl file matches this pattern", file=entry_str)
+            found.extend(matches)
             continue
         path = Path(entry)
         if path.is_dir():

@@ -66,7 +66,6 @@ class RerankingWriter(BasePredictionWriter):
     first, each source carrying its ``score`` and ``display_position`` (where the app showed
     it). ``run.trec`` has one line per source: ``qid Q0 docid rank score tag``, where docid is
     the source url (``url#position`` when a url repeats within a query).
-    """
 
     def __init__(
         self,
@@ -119,5 +118,6 @@ class RerankingWriter(BasePredictionWriter):
             )
             (folder / "run.trec").write_text("\n".join(lines) + "\n")
 
-        write_atomically(self.output_dir, write, overwrite=self.overwrite)
-        print(f"Wrote {len(results)} reranked queries to {self.output_dir}")
+        target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
+        write_atomically(target, write, overwrite=self.overwrite)
+        print(f"Wrote {len(results)} reranked queries to {target}")
