@@ -67,14 +67,20 @@ class RerankingWriter(BasePredictionWriter):
     it). ``run.trec`` has one line per source: ``qid Q0 docid rank score tag``, where docid is
     the source url (``url#position`` when a url repeats within a query).
 
+    Args:
+        output_dir: where to write; default ``<log dir>/predictions``, fresh for every run.
+        tag: the run tag of the TREC run file.
+        overwrite: replace ``output_dir`` if it exists.
+    """
+
     def __init__(
         self,
-        output_dir: str = "predictions",
+        output_dir: str | None = None,
         tag: str = "feedback-finetuning",
         overwrite: bool = False,
     ) -> None:
         super().__init__(write_interval="epoch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = output_dir
         self.tag = tag
         self.overwrite = overwrite
 

@@ -88,7 +88,10 @@ def make_record_fixture():
 @pytest.fixture
 def feedback_file(tmp_path) -> Path:
     """40 small app-format records, some with several picks, one without any."""
-    records = [make_record(i, n_sources=4 + i % 5, picks=((i % 3,) if i % 4 else (0, 2))) for i in range(40)]
+    records = [
+        make_record(i, n_sources=4 + i % 5, picks=((i % 3,) if i % 4 else (0, 2)))
+        for i in range(40)
+    ]
     records.append(make_record(99, picks=()))
     path = tmp_path / "reranker_training_data.json"
     path.write_text(json.dumps({"reranker_data": records}))

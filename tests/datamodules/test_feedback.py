@@ -141,7 +141,9 @@ BAD_RECORDS = [
 
 
 @pytest.mark.parametrize(("name", "mutation", "field", "message"), BAD_RECORDS)
-def test_bad_record_names_file_record_and_field(tmp_path, name, mutation, field, message, make_record):
+def test_bad_record_names_file_record_and_field(
+    tmp_path, name, mutation, field, message, make_record
+):
     good = [make_record(i) for i in range(3)]
     path = write_json(tmp_path / "feedback.json", [*good, _mutate(mutation, make_record)])
     with pytest.raises(FeedbackError) as info:
@@ -176,7 +178,9 @@ def test_wrong_top_level_key(tmp_path):
 
 def test_non_utf8_file_is_reported(tmp_path, make_record):
     path = tmp_path / "latin1.json"
-    path.write_bytes(json.dumps({"reranker_data": [make_record(0)]}).replace("page", "pâge").encode("latin-1"))
+    path.write_bytes(
+        json.dumps({"reranker_data": [make_record(0)]}).replace("page", "pâge").encode("latin-1")
+    )
     with pytest.raises(FeedbackError, match="not UTF-8"):
         load_reranker_feedback(path)
 

@@ -6,7 +6,10 @@ from datamodules.split import is_validation_query, normalise_query, query_bucket
 
 
 def test_normalisation_ignores_case_width_and_spacing():
-    assert normalise_query("  What IS  the\tCapital of ＦＲＡＮＣＥ ") == "what is the capital of france"
+    assert (
+        normalise_query("  What IS  the\tCapital of ＦＲＡＮＣＥ ")
+        == "what is the capital of france"
+    )
     assert query_bucket("What is X?") == query_bucket("  what   is x?")
 
 

@@ -1,0 +1,208 @@
+"""The command line end to end with a tiny model: fit -> validate -> export -> reload -> predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import main
+from datamodules.feedback import load_reranker_feedback, render_document
+from datamodules.reranker import RerankerDataModule
+from lightning_modules.callbacks import load_weights
+from lightning_modules.export import EXPORT_METADATA_FILE
+from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
+
+
+def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
+    config["trainer"].update(
+        max_epochs=2,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    config["model"] = {
+        "class_path": f"lightning_modules.reranker.{MODULES[kind].__name__}",
+        "init_args": {
+            "model_name_or_path": str(backbone),
+            "loss": {"class_path": "lightning_modules.losses.RankNetLoss"},
+            "learning_rate": 1e-3,
+            "max_length": 48,
+            "max_query_length": 16,
+        },
+    }
+    config["data"]["init_args"].update(
+        train_files=[str(feedback)], batch_size=4, validation_fraction=0.3
+    )
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str):
+    return main.main([str(a) for a in args])
+
+
+def checkpoint_of(tmp_path: Path) -> Path:
+    (best,) = [p for p in (tmp_path / "logs").rglob("*.ckpt") if p.name != "last.ckpt"]
+    return best
+
+
+def module_scores(kind: str, config: Path, ckpt: Path, feedback: Path):
+    """Scores from the checkpoint through the training code path, per query."""
+    cfg = yaml.safe_load(config.read_text())
+    module = MODULES[kind](**{k: v for k, v in cfg["model"]["init_args"].items() if k != "loss"})
+    load_weights(module, ckpt)
+    module.eval()
+    dm = RerankerDataModule(predict_files=[str(feedback)], eval_batch_size=8)
+    dm.input_encoder = module.input_encoder()
+    dm.setup("predict")
+    out = []
+    with torch.no_grad():
+        for batch in dm.predict_dataloader():
+            scores = module.score_batch(batch)
+            out += [scores[r, batch.mask[r]].numpy() for r in range(scores.shape[0])]
+    return module, dm.predict_records, out
+
+
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_fit_validate_export_reload_predict(tmp_path, tiny_backbone, feedback_file, kind):
+    config = write_config(tmp_path, tiny_backbone, feedback_file, kind)
+    cli = run_cli("fit", "--config", config)
+    assert cli.trainer.current_epoch == 2
+    logged = cli.trainer.callback_metrics
+    for name in (
+        "val/ndcg@10",
+        "val/display/ndcg@10",
+        "val/lift/ndcg@10",
+        "val/mrr@10",
+        "val/recall@3",
+        "val/ndcg@1",
+        "val/ndcg@3",
+        "val/ndcg@5",
+    ):
+        assert name in logged, name
+    lift = logged["val/ndcg@10"] - logged["val/display/ndcg@10"]
+    assert float(logged["val/lift/ndcg@10"]) == pytest.approx(float(lift), abs=1e-6)
+    ckpt = checkpoint_of(tmp_path)
+    # The fit exported its best checkpoint into its log folder.
+    auto_export = Path(cli.trainer.log_dir) / "export"
+    assert (auto_export / EXPORT_METADATA_FILE).exists()
+
+    validated = run_cli("validate", "--config", config, "--ckpt_path", ckpt)
+    assert "val/ndcg@10" in validated.trainer.callback_metrics
+
+    export_dir = tmp_path / "exported"
+    run_cli("export", "--config", config, "--ckpt_path", ckpt, "--export_dir", export_dir)
+    metadata = json.loads((export_dir / EXPORT_METADATA_FILE).read_text())
+    assert metadata["architecture"] == {"cross": "cross-encoder", "bi": "bi-encoder"}[kind]
+    assert metadata["document_template"] == "{title}\n{snippet}"
+    assert (export_dir / "model.safetensors").exists() or any(export_dir.rglob("*.safetensors"))
+
+    # Never over an existing folder unless asked; the old one stays intact when refused.
+    before = {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError):
+        run_cli("export", "--config", config, "--ckpt_path", ckpt, "--export_dir", export_dir)
+    assert before == {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
+    run_cli(
+        "export",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--export_dir",
+        export_dir,
+        "--overwrite",
+        "true",
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported")]
+
+    # Reloaded with the standard libraries, the export scores exactly like the checkpoint.
+    module, records, expected = module_scores(kind, config, ckpt, feedback_file)
+    template = metadata["document_template"]
+    if kind == "cross":
+        from sentence_transformers import CrossEncoder
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        hf = AutoModelForSequenceClassification.from_pretrained(export_dir).eval()
+        tok = AutoTokenizer.from_pretrained(export_dir)
+        st = CrossEncoder(str(export_dir), device="cpu")
+        for record, want in zip(records, expected, strict=True):
+            docs = [render_document(template, s) for s in record.sources]
+            with torch.no_grad():
+                enc = tok(
+                    [record.query] * len(docs),
+                    docs,
+                    truncation=True,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                hf_scores = hf(**enc).logits.squeeze(-1).numpy()
+            st_scores = st.predict(
+                [(record.query, d) for d in docs], activation_fn=torch.nn.Identity()
+            )
+            np.testing.assert_allclose(hf_scores, want, atol=1e-5)
+            np.testing.assert_allclose(st_scores, want, atol=1e-5)
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(export_dir), device="cpu")
+        temperature = float(module.log_temperature.exp())
+        for record, want in zip(records, expected, strict=True):
+            docs = [render_document(template, s) for s in record.sources]
+            q = st.encode([record.query], convert_to_tensor=True)
+            d = st.encode(docs, convert_to_tensor=True)
+            cosine = (q @ d.T).squeeze(0).numpy()
+            np.testing.assert_allclose(cosine / temperature, want, atol=1e-4)
+
+    # predict: reranked JSON in the app's format and a TREC run, best first.
+    out_dir = tmp_path / "predictions"
+    config_data = yaml.safe_load(config.read_text())
+    for callback in config_data["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("RerankingWriter"):
+            callback["init_args"] = {"output_dir": str(out_dir), "tag": "test-run"}
+    config.write_text(yaml.safe_dump(config_data))
+    run_cli(
+        "predict",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--data.init_args.predict_files",
+        f"[{feedback_file}]",
+    )
+    reranked = json.loads((out_dir / "reranked.json").read_text())["reranker_data"]
+    assert len(reranked) == len(records)
+    run_lines = (out_dir / "run.trec").read_text().splitlines()
+    assert len(run_lines) == sum(len(r.sources) for r in records)
+    for entry, record, want in zip(reranked, records, expected, strict=True):
+        scores = [s["score"] for s in entry["all_sources"]]
+        assert scores == sorted(scores, reverse=True)
+        positions = [s["display_position"] for s in entry["all_sources"]]
+        assert sorted(positions) == list(range(len(record.sources)))
+        np.testing.assert_allclose(scores, want[positions], atol=1e-5)
+    qid, q0, docid, rank, score, tag = run_lines[0].split()
+    assert (qid, q0, rank, tag) == (records[0].query_id, "Q0", "1", "test-run")
+    assert docid == reranked[0]["all_sources"][0]["url"]
+    # The user's feedback file is untouched.
+    assert load_reranker_feedback(feedback_file)[1].kept == len(records)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", config, "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("lightning_modules.")
+    assert printed["data"]["class_path"].startswith("datamodules.")
