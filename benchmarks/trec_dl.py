@@ -609,7 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"error: duplicate system labels {duplicates}; use LABEL=SPEC")
         return 2
 
-    try:
+    try:  # check model folders before spending time on the others
+        for spec in specs:
+            if spec.kind == "export":
+                assert spec.path is not None
+                if not spec.path.is_dir():
+                    raise DataError(f"model folder not found: {spec.path}")
+                read_export_config(spec.path)
         data_dir = resolve_data_dir(args.data_dir)
         data = {year: load_year(data_dir, year, args.max_queries) for year in YEARS}
     except DataError as error:

@@ -213,7 +213,8 @@ class CrossEncoderReranker(RerankerModule):
     Any such model works: the packaged MiniLM (its classification head starts random), or hub
     rerankers such as ``jinaai/jina-reranker-v1-turbo-en`` (``trust_remote_code: true``) and
     ``cross-encoder/ms-marco-MiniLM-L6-v2`` for users online. The export loads with
-    ``AutoModelForSequenceClassification.from_pretrained`` and ``sentence_transformers.CrossEncoder``.
+    ``AutoModelForSequenceClassification.from_pretrained`` and
+    ``sentence_transformers.CrossEncoder``.
     """
 
     architecture = "cross-encoder"

@@ -66,7 +66,7 @@ def make_record(i: int, n_sources: int = 5, picks: tuple[int, ...] = (1,)) -> di
         {
             "title": f"{topic} page {j}",
             "url": f"https://example.org/q{i}/s{j}",
-            "snippet": f"about {topic} more information {'best top guide' if j in picks else 'news'}",
+            "snippet": f"about {topic} more information {'best guide' if j in picks else 'news'}",
         }
         for j in range(n_sources)
     ]
