@@ -78,6 +78,15 @@ class RerankerRecord:
     query_id: str
     timestamp: str | None = None
     origin: str = ""
+    # False for a source in neither positive_sources nor negative_sources when the record lists
+    # its negatives explicitly (e.g. a click log's results below the last click): shown, but
+    # not known to be irrelevant. Training leaves such sources out; evaluation counts them as
+    # not relevant (trec_eval's convention for unjudged documents).
+    judged: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.judged:
+            object.__setattr__(self, "judged", (True,) * len(self.sources))
 
     @property
     def has_positive(self) -> bool:
@@ -85,8 +94,8 @@ class RerankerRecord:
 
     @property
     def has_contrast(self) -> bool:
-        """True when the grades differ, i.e. the list can teach a ranking loss something."""
-        return len(set(self.grades)) > 1
+        """True when the judged grades differ, i.e. the list can teach a ranking loss."""
+        return len({g for g, j in zip(self.grades, self.judged, strict=True) if j}) > 1
 
 
 @dataclass
@@ -369,8 +378,9 @@ def parse_reranker_record(
     """Validate one app record and turn it into a :class:`RerankerRecord`.
 
     Labels: a url in ``positive_sources`` marks every position that shows it (the same page is
-    equally relevant wherever it appears); sources in neither list were shown and not picked, so
-    they are negatives. ``label_mode="binary"`` gives picks 1; ``"pick_order"`` grades picks by
+    equally relevant wherever it appears). Sources in neither list are negatives when the record
+    has no ``negative_sources`` (the app's "the rest are negatives"); when it lists its
+    negatives, they are unjudged (``judged[i] = False``). ``label_mode="binary"`` gives picks 1; ``"pick_order"`` grades picks by
     the order the user picked them (3, 2, 1, then 1). An optional ``relevance: {url: grade}``
     overrides both for the urls it names.
     """
@@ -397,6 +407,10 @@ def parse_reranker_record(
             field="negative_sources",
         )
 
+    judged = [True] * len(sources)
+    if record.get("negative_sources") is not None:
+        labelled = set(positives) | set(negatives) | set(record.get("relevance") or {})
+        judged = [s.url in labelled for s in sources]
     grades = [0.0] * len(sources)
     for rank, url in enumerate(positives):
         if label_mode == "binary":
@@ -453,6 +467,7 @@ def parse_reranker_record(
         query_id=str(query_id) if query_id is not None else f"{Path(file).stem}:{index}",
         timestamp=optional_str(record, "timestamp", file=file, index=index),
         origin=f"{file}:{index}",
+        judged=tuple(judged),
     )
 
 

@@ -60,7 +60,7 @@ class RerankListDataset(Dataset):
     """Records as lists; in sampling mode keeps every positive and samples negatives.
 
     ``max_docs`` caps the list: positives first (sampled if they alone exceed the cap), then a
-    uniform sample of negatives fills the rest. Sampling uses torch's global RNG so that
+    uniform sample of negatives fills the rest. Training lists hold judged sources only. Sampling uses torch's global RNG so that
     ``seed_everything(workers=True)`` makes it reproducible. Kept documents stay in display order.
     """
 
@@ -80,13 +80,14 @@ class RerankListDataset(Dataset):
         return len(self.records)
 
     def _choose_positions(self, record: RerankerRecord) -> list[int]:
-        n = len(record.sources)
-        if self.max_docs is None or n <= self.max_docs:
-            return list(range(n))
-        if not self.sample:
-            return list(range(self.max_docs))  # evaluation of a capped list: what was shown first
-        positives = [p for p, g in enumerate(record.grades) if g > 0]
-        negatives = [p for p, g in enumerate(record.grades) if g <= 0]
+        if not self.sample:  # evaluation: the list as shown (capped: what was shown first)
+            return list(range(len(record.sources)))[: self.max_docs]
+        # Training: judged sources only (see RerankerRecord.judged).
+        judged = [p for p, j in enumerate(record.judged) if j]
+        if self.max_docs is None or len(judged) <= self.max_docs:
+            return judged
+        positives = [p for p in judged if record.grades[p] > 0]
+        negatives = [p for p in judged if record.grades[p] <= 0]
         if len(positives) > self.max_docs:
             positives = [positives[i] for i in torch.randperm(len(positives))[: self.max_docs]]
         room = self.max_docs - len(positives)

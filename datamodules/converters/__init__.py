@@ -93,15 +93,21 @@ def make_record(
     query_id: str,
     sources: Sequence[dict[str, str]],
     positive: Sequence[bool],
+    negative: Sequence[bool] | None = None,
     timestamp: str | None = None,
 ) -> dict[str, Any]:
     """An app record from sources (already with distinct urls) and one flag per source.
 
     ``positive_sources`` follows the order of ``sources``: callers pass sources in pick order
-    when it differs from display order.
+    when it differs from display order. ``negative`` defaults to "every source not positive";
+    sources in neither list are unjudged (left out of training, see datamodules/feedback.py).
     """
-    if len(sources) != len(positive):
+    if negative is None:
+        negative = [not p for p in positive]
+    if len(sources) != len(positive) or len(sources) != len(negative):
         raise ValueError(f"got {len(positive)} labels for {len(sources)} sources")
+    if any(p and n for p, n in zip(positive, negative, strict=True)):
+        raise ValueError(f"query {query_id!r}: a source is both positive and negative")
     urls = [s["url"] for s in sources]
     if len(set(urls)) != len(urls):
         raise ValueError(f"query {query_id!r}: urls are not distinct; use disambiguate_urls")
@@ -110,7 +116,7 @@ def make_record(
         "query_id": query_id,
         "all_sources": [dict(s) for s in sources],
         "positive_sources": [u for u, p in zip(urls, positive, strict=True) if p],
-        "negative_sources": [u for u, p in zip(urls, positive, strict=True) if not p],
+        "negative_sources": [u for u, n in zip(urls, negative, strict=True) if n],
         "timestamp": timestamp,
     }
 

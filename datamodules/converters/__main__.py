@@ -37,7 +37,9 @@ CONVERTERS: dict[str, tuple[str, Converter]] = {
     ),
     "trec-session": (
         "TREC Session Track 2013 session2013_serps.jsonl (clicks = positives)",
-        lambda a, r: convert_trec_session(read_trec_session(a.input), report=r),
+        lambda a, r: convert_trec_session(
+            read_trec_session(a.input), report=r, negatives=a.negatives
+        ),
     ),
     "wikiqa": (
         "WikiQA wikiqa_grouped.jsonl, train/dev only (test is refused); non-commercial research",
@@ -64,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                 default=list(TRAINABLE_SPLITS),
                 choices=TRAINABLE_SPLITS,
                 help="WikiQA splits to convert (default: train dev; test is never converted)",
+            )
+        if name == "trec-session":
+            p.add_argument(
+                "--negatives",
+                choices=("skip_above", "all"),
+                default="skip_above",
+                help="unclicked results above the last click (default), or every unclicked one",
             )
     return parser
 

@@ -10,8 +10,15 @@ only clicks.
 
 Mapping: one interaction -> one record (the same query text in several sessions stays several
 records); results in rank order; ``clicked == 1`` -> positive (in rank order: the JSONL has no
-click order), others negative; ``query_id`` is ``s{session}.i{interaction}``; ``timestamp``
-null.
+click order); ``query_id`` is ``s{session}.i{interaction}``; ``timestamp`` null.
+
+Negatives (``negatives=``): clicks are position-biased: users click near the top and may never
+look at results further down, so "not clicked" below the last click says little about
+relevance. ``"skip_above"`` (default) follows Joachims (KDD 2002, "Optimizing Search Engines
+using Clickthrough Data"): only results the user skipped *above* a click are negatives; results
+below the last click stay in ``all_sources`` (the displayed list, for evaluation) but in neither
+label list, i.e. unjudged, and training leaves them out. ``"all"`` makes every unclicked result a
+negative (the app's own convention, where the user has looked at every source).
 
 Text cleaning (conservative, :func:`clean_text`): the titles and snippets carry literal JSON
 escapes (``\\"``, ``\\/``, ``\\t``, ``\\r``, ``\\\\``, ``\\u00a3``) and HTML entities
@@ -33,7 +40,7 @@ import html
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from datamodules.converters import ConversionReport, disambiguate_urls, make_record, read_json_rows
 
@@ -64,7 +71,10 @@ def read_trec_session(path: str | Path) -> list[dict[str, Any]]:
 
 
 def convert_trec_session(
-    rows: Iterable[dict[str, Any]], *, report: ConversionReport | None = None
+    rows: Iterable[dict[str, Any]],
+    *,
+    report: ConversionReport | None = None,
+    negatives: Literal["skip_above", "all"] = "skip_above",
 ) -> list[dict[str, Any]]:
     """Convert TREC Session 2013 interactions into app records (see the module docstring)."""
     report = report if report is not None else ConversionReport()
@@ -106,12 +116,17 @@ def convert_trec_session(
             {"title": title, "url": url, "snippet": snippet}
             for url, (_, _, title, snippet, _) in zip(urls, kept, strict=True)
         ]
+        clicks = [clicked for _, _, _, _, clicked in kept]
+        if negatives == "all":
+            skipped = [not c for c in clicks]
+        elif negatives == "skip_above":
+            last_click = max((i for i, c in enumerate(clicks) if c), default=-1)
+            skipped = [not c and i < last_click for i, c in enumerate(clicks)]
+        else:
+            raise ValueError(f"negatives must be 'skip_above' or 'all', got {negatives!r}")
         records.append(
             make_record(
-                query=query,
-                query_id=query_id,
-                sources=sources,
-                positive=[clicked for _, _, _, _, clicked in kept],
+                query=query, query_id=query_id, sources=sources, positive=clicks, negative=skipped
             )
         )
     report.written += len(records)

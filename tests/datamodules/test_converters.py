@@ -215,7 +215,13 @@ def test_trec_session_clicks_become_positives_in_rank_order():
         "http://r5",
     ]
     assert rec["positive_sources"] == ["http://r3", "http://r1#rank-4"]
-    assert rec["negative_sources"] == ["http://r1", "http://r5"]
+    # Skip-above negatives: r5, below the last click, may never have been looked at.
+    assert rec["negative_sources"] == ["http://r1"]
+    parsed = parse_reranker_record(rec, "trec.json", 0)
+    assert parsed.judged == (True, True, True, False)
+    assert parsed.grades == (0.0, 1.0, 1.0, 0.0)
+    every = convert_trec_session(TREC_ROWS, negatives="all")[0]
+    assert every["negative_sources"] == ["http://r1", "http://r5"]
     assert _parse_all(records)[0].grades == (0.0, 1.0, 1.0, 0.0)
     assert records[1]["query"] == "civil war causes"  # same text, separate record
     assert report.read == 4 and report.written == 2

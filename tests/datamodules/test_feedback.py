@@ -57,10 +57,18 @@ def test_duplicate_urls_are_kept_by_position(make_record):
     assert record.grades == (0.0, 1.0, 0.0, 1.0)
 
 
-def test_sources_in_neither_list_are_negatives(make_record):
+def test_sources_in_neither_list(make_record):
     raw = make_record(0, n_sources=4, picks=(2,))
+    raw.pop("negative_sources")  # the app's convention: the rest are negatives
+    record = parse_reranker_record(raw, "f.json", 0)
+    assert record.grades == (0.0, 0.0, 1.0, 0.0) and all(record.judged)
+    raw["negative_sources"] = [raw["all_sources"][0]["url"]]  # explicit: the rest is unjudged
+    record = parse_reranker_record(raw, "f.json", 0)
+    assert record.grades == (0.0, 0.0, 1.0, 0.0)
+    assert record.judged == (True, False, True, False)
+    assert record.has_contrast
     raw["negative_sources"] = []
-    assert parse_reranker_record(raw, "f.json", 0).grades == (0.0, 0.0, 1.0, 0.0)
+    assert not parse_reranker_record(raw, "f.json", 0).has_contrast
 
 
 def _mutate(mutation, make_record):

@@ -136,3 +136,18 @@ def test_chunks_pad_to_their_own_length_and_restore_order(tokenizer):
     for i, text in enumerate(flat):
         assert tokenizer.decode(restored[i], skip_special_tokens=True) == text.strip()
     assert inputs["documents_per_query"].tolist() == [2, 3]
+
+
+def test_unjudged_sources_are_evaluated_but_never_trained_on(tmp_path, tokenizer, make_record):
+    raw = make_record(0, n_sources=6, picks=(1,))
+    raw["negative_sources"] = [raw["all_sources"][0]["url"]]  # skipped above the click
+    path = tmp_path / "clicks.json"
+    path.write_text(json.dumps({"reranker_data": [raw] * 4}))
+    dm = make_datamodule([path], tokenizer, validation_fraction=0.0)
+    dm.setup("fit")
+    for batch in dm.train_dataloader():
+        assert batch.mask.sum(1).tolist() == [2] * batch.mask.shape[0]
+        assert batch.display_rank[:, :2].tolist() == [[0, 1]] * batch.mask.shape[0]
+    dm.val_records = dm.train_records
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.mask.sum(1).tolist() == [6] * batch.mask.shape[0]
