@@ -60,8 +60,9 @@ class RerankListDataset(Dataset):
     """Records as lists; in sampling mode keeps every positive and samples negatives.
 
     ``max_docs`` caps the list: positives first (sampled if they alone exceed the cap), then a
-    uniform sample of negatives fills the rest. Training lists hold judged sources only. Sampling uses torch's global RNG so that
-    ``seed_everything(workers=True)`` makes it reproducible. Kept documents stay in display order.
+    uniform sample of negatives fills the rest. Training lists hold judged sources only.
+    Sampling uses torch's global RNG so that ``seed_everything(workers=True)`` makes it
+    reproducible. Kept documents stay in display order.
     """
 
     def __init__(

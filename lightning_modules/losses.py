@@ -176,7 +176,20 @@ class RankNetLoss(RankingLoss):
         return f"sigma={self.sigma}"
 
 
-class ListNetLoss(RankingLoss):
+class _TemperatureScaledLoss(RankingLoss):
+    """A listwise loss over ``softmax(scores / temperature)``."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class ListNetLoss(_TemperatureScaledLoss):
     """ListNet loss with top-one probabilities.
 
     Cao et al. (2007), "Learning to Rank: From Pairwise Approach to Listwise Approach" (ICML).
@@ -188,12 +201,6 @@ class ListNetLoss(RankingLoss):
         temperature: ``T``, divides the scores (not the labels) before the softmax.
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
-
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         scores, labels, mask = _sanitize(scores, labels, mask)
         log_pred = _masked_log_softmax(scores / self.temperature, mask)
@@ -201,11 +208,8 @@ class ListNetLoss(RankingLoss):
         per_list = -(target * log_pred).sum(dim=-1)
         return _mean_over_lists(per_list, _has_contrast(labels, mask))
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
-
-class SoftmaxCrossEntropyLoss(RankingLoss):
+class SoftmaxCrossEntropyLoss(_TemperatureScaledLoss):
     """Softmax cross-entropy listwise loss.
 
     Bruch et al. (2019), "An Analysis of the Softmax Cross Entropy Loss for Learning-to-Rank
@@ -216,12 +220,6 @@ class SoftmaxCrossEntropyLoss(RankingLoss):
     Args:
         temperature: ``T``, divides the scores before the softmax.
     """
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
 
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         scores, labels, mask = _sanitize(scores, labels, mask)
