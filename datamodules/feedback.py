@@ -381,8 +381,8 @@ def parse_reranker_record(
     equally relevant wherever it appears). Sources in neither list are negatives when the record
     has no ``negative_sources`` (the app's "the rest are negatives"); when it lists its
     negatives, they are unjudged (``judged[i] = False``). ``label_mode="binary"`` gives picks 1;
-    ``"pick_order"`` grades picks by the order the user picked them (3, 2, 1, then 1). An optional ``relevance: {url: grade}``
-    overrides both for the urls it names.
+    ``"pick_order"`` grades picks by the order the user picked them (3, 2, 1, then 1). An
+    optional ``relevance: {url: grade}`` overrides both for the urls it names.
     """
     record = require_record_object(raw, file=file, index=index)
     query = require_str(record, "query", file=file, index=index)
