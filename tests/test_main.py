@@ -25,6 +25,7 @@ def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> P
     config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
     config["trainer"].update(
         max_epochs=2,
+        precision="32-true",  # the exactness checks below compare float32 scores
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
