@@ -34,9 +34,8 @@ class FeedbackTrainer(L.Trainer):
             load_weights(model, ckpt_path)
         else:
             logging.getLogger(__name__).warning("No --ckpt_path: exporting the untouched model")
-        self.datamodule = datamodule  # type: ignore[misc]  # read for the document template
         target = model.export(
-            export_dir, document_template=document_template_of(self), overwrite=overwrite
+            export_dir, document_template=document_template_of(datamodule), overwrite=overwrite
         )
         print(f"Exported {type(model).__name__} to {target}")
         return target

@@ -16,8 +16,8 @@ from lightning_modules.export import write_atomically
 log = logging.getLogger(__name__)
 
 
-def document_template_of(trainer: L.Trainer) -> str:
-    datamodule = getattr(trainer, "datamodule", None)
+def document_template_of(datamodule: L.LightningDataModule | None) -> str:
+    """The template the model was trained with, saved with the export for the app to use."""
     return getattr(datamodule, "document_template", "{title}\n{snippet}")
 
 
@@ -53,7 +53,9 @@ class ExportBestModel(L.Callback):
             log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
         target = Path(self.export_dir or Path(trainer.log_dir or ".") / "export")
         pl_module.export(
-            target, document_template=document_template_of(trainer), overwrite=self.overwrite
+            target,
+            document_template=document_template_of(trainer.datamodule),
+            overwrite=self.overwrite,
         )
         pl_module.load_state_dict(state)  # leave the module as fit left it
         print(f"Exported the fine-tuned model to {target}")

@@ -43,7 +43,10 @@ def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> P
         },
     }
     config["data"]["init_args"].update(
-        train_files=[str(feedback)], batch_size=4, validation_fraction=0.3
+        train_files=[str(feedback)],
+        batch_size=4,
+        validation_fraction=0.3,
+        document_template="{title} | {snippet}",
     )
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -65,7 +68,10 @@ def module_scores(kind: str, config: Path, ckpt: Path, feedback: Path):
     module = MODULES[kind](**{k: v for k, v in cfg["model"]["init_args"].items() if k != "loss"})
     load_weights(module, ckpt)
     module.eval()
-    dm = RerankerDataModule(predict_files=[str(feedback)], eval_batch_size=8)
+    template = cfg["data"]["init_args"]["document_template"]
+    dm = RerankerDataModule(
+        predict_files=[str(feedback)], eval_batch_size=8, document_template=template
+    )
     dm.input_encoder = module.input_encoder()
     dm.setup("predict")
     out = []
@@ -107,7 +113,7 @@ def test_fit_validate_export_reload_predict(tmp_path, tiny_backbone, feedback_fi
     run_cli("export", "--config", config, "--ckpt_path", ckpt, "--export_dir", export_dir)
     metadata = json.loads((export_dir / EXPORT_METADATA_FILE).read_text())
     assert metadata["architecture"] == {"cross": "cross-encoder", "bi": "bi-encoder"}[kind]
-    assert metadata["document_template"] == "{title}\n{snippet}"
+    assert metadata["document_template"] == "{title} | {snippet}"
     assert (export_dir / "model.safetensors").exists() or any(export_dir.rglob("*.safetensors"))
 
     # Never over an existing folder unless asked; the old one stays intact when refused.
