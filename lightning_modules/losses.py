@@ -34,6 +34,7 @@ __all__ = [
     "RankNetLoss",
     "RankingLoss",
     "SoftmaxCrossEntropyLoss",
+    "listwise_distillation",
 ]
 
 LAMBDA_WEIGHTINGS: tuple[str, ...] = ("ndcg_loss1", "ndcg_loss2", "lambdarank", "ndcg_loss2pp")
@@ -381,3 +382,18 @@ class LambdaLoss(RankingLoss):
             f"weighting={self.weighting!r}, k={self.k}, sigma={self.sigma}, mu={self.mu}, "
             f"eps={self.eps}"
         )
+
+
+def listwise_distillation(scores: Tensor, teacher_scores: Tensor, mask: Tensor) -> Tensor:
+    """KL(softmax(teacher) || softmax(scores)) over the real items of each list, averaged.
+
+    Listwise knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural
+    Network"; as a ranking regulariser e.g. Reddi et al. 2021, "RankDistil"). Lists with fewer
+    than two real items carry no ranking and are excluded; the teacher gets no gradient.
+    """
+    scores, teacher_scores, mask = _sanitize(scores, teacher_scores.detach(), mask)
+    log_student = _masked_log_softmax(scores, mask)
+    log_teacher = _masked_log_softmax(teacher_scores, mask)
+    zero = scores.new_zeros(())
+    per_item = torch.where(mask, log_teacher.exp() * (log_teacher - log_student), zero)
+    return _mean_over_lists(per_item.sum(dim=-1), mask.sum(dim=-1) > 1)

@@ -8,6 +8,7 @@ scored and how the model is written out.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,7 @@ from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInp
 from datamodules.reranker import RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
-from lightning_modules.losses import ListNetLoss, RankingLoss
+from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 
 # Parameters that AdamW should not decay (the usual BERT recipe).
@@ -254,6 +255,14 @@ class BiEncoderReranker(RerankerModule):
         temperature: initial softmax temperature of the scores (0.05 = scale 20, as in
             sentence-transformers' MultipleNegativesRankingLoss).
         learn_temperature: learn the temperature with the model.
+        in_batch_negatives: in training, every query's list also holds the other queries'
+            sources of the batch as negatives (the in-batch negatives of sentence-transformers'
+            MultipleNegativesRankingLoss, which trained all-MiniLM-L6-v2), so the embedding space
+            stays calibrated across queries, not only within one result list.
+        anchor_weight: weight of a listwise distillation term that keeps the model's ranking of
+            each training list close to the untouched backbone's (a frozen copy): fine-tuning
+            on a few hundred noisy lists then adds to what the backbone knows instead of
+            overwriting it. 0 turns it off (and keeps no copy).
     """
 
     architecture = "bi-encoder"
@@ -264,34 +273,98 @@ class BiEncoderReranker(RerankerModule):
         similarity: Literal["cosine", "dot"] = "cosine",
         temperature: float = 0.05,
         learn_temperature: bool = True,
+        in_batch_negatives: bool = False,
+        anchor_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["loss"])
         self.similarity = similarity
+        self.in_batch_negatives = in_batch_negatives
+        self.anchor_weight = anchor_weight
+        self.anchor_temperature = temperature
         self.model = AutoModel.from_pretrained(
             self.model_path, trust_remote_code=self.trust_remote_code
         ).train()  # from_pretrained returns eval mode; dropout belongs to training
         log_temperature = torch.tensor(math.log(temperature))
         self.log_temperature = torch.nn.Parameter(log_temperature, requires_grad=learn_temperature)
+        # Kept in a list so that it is neither trained, nor saved in checkpoints, nor switched
+        # to train mode by Lightning.
+        self._anchor: list[torch.nn.Module] = []
+        if anchor_weight > 0:
+            self._anchor.append(copy.deepcopy(self.model).eval().requires_grad_(False))
+
+    def on_fit_start(self) -> None:
+        for anchor in self._anchor:
+            anchor.to(self.device)
 
     def input_encoder(self) -> BiEncoderInputs:
         return BiEncoderInputs(self.tokenizer, self.max_length, self.max_query_length)
 
-    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**features).last_hidden_state
+    def embed(
+        self, features: dict[str, torch.Tensor], model: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        hidden = (model or self.model)(**features).last_hidden_state
         weights = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1) if self.similarity == "cosine" else pooled
 
-    def score_inputs(self, inputs):
-        queries = self.embed(inputs["queries"])
+    def embed_batch(
+        self, inputs: dict[str, Any], model: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query embeddings ``[B, D]`` and the real documents' embeddings ``[N, D]``."""
+        queries = self.embed(inputs["queries"], model)
         chunked: ChunkedInputs = inputs["documents"]
-        documents = unchunk([self.embed(c) for c in chunked["chunks"]], chunked["order"])
+        embedded = [self.embed(chunk, model) for chunk in chunked["chunks"]]
+        return queries, unchunk(embedded, chunked["order"])
+
+    def score_inputs(self, inputs):
+        queries, documents = self.embed_batch(inputs)
         # Each document belongs to one query: repeat the query embedding per real document.
-        counts = inputs["documents_per_query"]
-        per_document = torch.repeat_interleave(queries, counts, dim=0)
+        per_document = torch.repeat_interleave(queries, inputs["documents_per_query"], dim=0)
         return (per_document * documents).sum(-1) / self.log_temperature.exp()
+
+    def _training_lists(
+        self, batch: RerankBatch, queries: torch.Tensor, documents: torch.Tensor, temperature
+    ) -> torch.Tensor:
+        """``[B, L]`` list scores, then (with in-batch negatives) ``[B, L + N]``."""
+        similarity = queries @ documents.T / temperature  # [B, N]
+        owner = torch.repeat_interleave(
+            torch.arange(len(queries), device=similarity.device),
+            batch.inputs["documents_per_query"],
+        )
+        scores = similarity.new_zeros(batch.mask.shape)
+        scores[batch.mask] = similarity[owner, torch.arange(len(owner), device=owner.device)]
+        if not self.in_batch_negatives:
+            return scores
+        return torch.cat([scores, similarity], dim=1)
+
+    def training_step(self, batch: RerankBatch, batch_idx: int) -> torch.Tensor:
+        queries, documents = self.embed_batch(batch.inputs)
+        scores = self._training_lists(batch, queries, documents, self.log_temperature.exp())
+        labels, mask = batch.labels, batch.mask
+        if self.in_batch_negatives:
+            owner = torch.repeat_interleave(
+                torch.arange(len(queries), device=mask.device), batch.inputs["documents_per_query"]
+            )
+            foreign = owner.unsqueeze(0) != torch.arange(len(queries), device=mask.device)[:, None]
+            labels = torch.cat([labels, labels.new_zeros(foreign.shape)], dim=1)
+            mask = torch.cat([mask, foreign], dim=1)
+        size = batch.labels.shape[0]
+        loss = self.loss(scores, labels, mask)
+        self.log("train/ranking_loss", loss, batch_size=size)
+        if self._anchor:
+            with torch.no_grad():
+                anchor_q, anchor_d = self.embed_batch(batch.inputs, self._anchor[0])
+                anchor_scores = self._training_lists(
+                    batch, anchor_q, anchor_d, self.anchor_temperature
+                )
+            anchor = listwise_distillation(scores, anchor_scores, mask)
+            self.log("train/anchor_loss", anchor, batch_size=size)
+            loss = loss + self.anchor_weight * anchor
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/temperature", self.log_temperature.exp().detach(), batch_size=size)
+        return loss
 
     def export_metadata(self, document_template: str) -> dict[str, Any]:
         return {**super().export_metadata(document_template), "similarity": self.similarity}

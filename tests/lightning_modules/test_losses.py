@@ -576,3 +576,29 @@ def test_shape_mismatch_raises() -> None:
         RankNetLoss()(scores, torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError):
         RankNetLoss()(torch.zeros(6), torch.zeros(6), torch.ones(6, dtype=torch.bool))
+
+
+def test_listwise_distillation_matches_numpy_kl():
+    from lightning_modules.losses import listwise_distillation
+
+    student = torch.tensor([[1.0, 0.5, -0.2, 9.0], [0.3, 0.1, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.2, 0.9, -1.0, -9.0], [0.0, 2.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+
+    def kl(s, t):
+        p = np.exp(t - t.max()) / np.exp(t - t.max()).sum()
+        q = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        return float((p * (np.log(p) - np.log(q))).sum())
+
+    expected = np.mean(
+        [
+            kl(student[0, :3].numpy(), teacher[0, :3].numpy()),
+            kl(student[1, :2].numpy(), teacher[1, :2].numpy()),
+        ]
+    )  # 1-item list: out
+    value = listwise_distillation(student.requires_grad_(), teacher, mask)
+    np.testing.assert_allclose(value.item(), expected, rtol=1e-5)
+    value.backward()
+    assert torch.all(student.grad[~mask] == 0)
+    same = listwise_distillation(teacher, teacher, mask)
+    assert abs(same.item()) < 1e-6
