@@ -100,8 +100,11 @@ class RerankerModule(L.LightningModule):
     # -- shared ----------------------------------------------------------------------------
 
     def score_batch(self, batch: RerankBatch) -> torch.Tensor:
-        """``[B, L]`` scores; padding slots hold 0 and are masked everywhere downstream."""
-        flat = self.score_inputs(batch.inputs)
+        """``[B, L]`` float32 scores; padding slots hold 0 and are masked everywhere downstream.
+
+        (float32 even under bf16 autocast: losses and ranks need the resolution.)
+        """
+        flat = self.score_inputs(batch.inputs).float()
         scores = flat.new_zeros(batch.mask.shape)
         scores[batch.mask] = flat
         return scores
@@ -324,15 +327,18 @@ class BiEncoderReranker(RerankerModule):
         per_document = torch.repeat_interleave(queries, inputs["documents_per_query"], dim=0)
         return (per_document * documents).sum(-1) / self.log_temperature.exp()
 
+    @staticmethod
+    def _owners(batch: RerankBatch) -> torch.Tensor:
+        """For each real document of the batch, the row of the query it belongs to."""
+        counts = batch.inputs["documents_per_query"]
+        return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+
     def _training_lists(
         self, batch: RerankBatch, queries: torch.Tensor, documents: torch.Tensor, temperature
     ) -> torch.Tensor:
         """``[B, L]`` list scores, then (with in-batch negatives) ``[B, L + N]``."""
-        similarity = queries @ documents.T / temperature  # [B, N]
-        owner = torch.repeat_interleave(
-            torch.arange(len(queries), device=similarity.device),
-            batch.inputs["documents_per_query"],
-        )
+        similarity = (queries @ documents.T).float() / temperature  # [B, N]
+        owner = self._owners(batch)
         scores = similarity.new_zeros(batch.mask.shape)
         scores[batch.mask] = similarity[owner, torch.arange(len(owner), device=owner.device)]
         if not self.in_batch_negatives:
@@ -344,10 +350,9 @@ class BiEncoderReranker(RerankerModule):
         scores = self._training_lists(batch, queries, documents, self.log_temperature.exp())
         labels, mask = batch.labels, batch.mask
         if self.in_batch_negatives:
-            owner = torch.repeat_interleave(
-                torch.arange(len(queries), device=mask.device), batch.inputs["documents_per_query"]
-            )
-            foreign = owner.unsqueeze(0) != torch.arange(len(queries), device=mask.device)[:, None]
+            # Every other query's sources join the list as negatives; its own stay as labelled.
+            rows = torch.arange(len(queries), device=mask.device)
+            foreign = self._owners(batch).unsqueeze(0) != rows.unsqueeze(1)
             labels = torch.cat([labels, labels.new_zeros(foreign.shape)], dim=1)
             mask = torch.cat([mask, foreign], dim=1)
         size = batch.labels.shape[0]
