@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "trec-session":
             p.add_argument(
                 "--negatives",
-                choices=("skip_above", "all"),
-                default="skip_above",
-                help="unclicked results above the last click (default), or every unclicked one",
+                choices=("all", "skip_above"),
+                default="all",
+                help="every unclicked result (default), or only those skipped above a click",
             )
     return parser
 

@@ -12,13 +12,14 @@ Mapping: one interaction -> one record (the same query text in several sessions 
 records); results in rank order; ``clicked == 1`` -> positive (in rank order: the JSONL has no
 click order); ``query_id`` is ``s{session}.i{interaction}``; ``timestamp`` null.
 
-Negatives (``negatives=``): clicks are position-biased: users click near the top and may never
+Negatives (``negatives=``): ``"all"`` (default) makes every unclicked result a negative, the
+app's own convention. Clicks are position-biased, though: users click near the top and may never
 look at results further down, so "not clicked" below the last click says little about
-relevance. ``"skip_above"`` (default) follows Joachims (KDD 2002, "Optimizing Search Engines
-using Clickthrough Data"): only results the user skipped *above* a click are negatives; results
-below the last click stay in ``all_sources`` (the displayed list, for evaluation) but in neither
-label list, i.e. unjudged, and training leaves them out. ``"all"`` makes every unclicked result a
-negative (the app's own convention, where the user has looked at every source).
+relevance. ``"skip_above"`` follows Joachims (KDD 2002, "Optimizing Search Engines using
+Clickthrough Data"): only results the user skipped *above* a click are negatives; results below
+the last click stay in ``all_sources`` (the displayed list, for evaluation) but in neither label
+list, i.e. unjudged, and training leaves them out. With the default recipe, "all" measured
+slightly better on validation feedback (best val NDCG@10 0.671 vs 0.668), so it is the default.
 
 Text cleaning (conservative, :func:`clean_text`): the titles and snippets carry literal JSON
 escapes (``\\"``, ``\\/``, ``\\t``, ``\\r``, ``\\\\``, ``\\u00a3``) and HTML entities
@@ -74,7 +75,7 @@ def convert_trec_session(
     rows: Iterable[dict[str, Any]],
     *,
     report: ConversionReport | None = None,
-    negatives: Literal["skip_above", "all"] = "skip_above",
+    negatives: Literal["skip_above", "all"] = "all",
 ) -> list[dict[str, Any]]:
     """Convert TREC Session 2013 interactions into app records (see the module docstring)."""
     report = report if report is not None else ConversionReport()

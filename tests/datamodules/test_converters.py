@@ -204,7 +204,7 @@ def test_disambiguate_urls_avoids_collisions():
 
 def test_trec_session_clicks_become_positives_in_rank_order():
     report = ConversionReport()
-    records = convert_trec_session(TREC_ROWS, report=report)
+    records = convert_trec_session(TREC_ROWS, report=report, negatives="skip_above")
     assert [r["query_id"] for r in records] == ["s3.i2", "s9.i1"]
     rec = records[0]
     assert rec["query"] == "civil war causes"
