@@ -213,3 +213,28 @@ def test_every_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("lightning_modules.")
     assert printed["data"]["class_path"].startswith("datamodules.")
+
+
+def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
+    tmp_path, tiny_backbone, feedback_file
+):
+    data = json.loads(feedback_file.read_text())
+    bad = dict(data["reranker_data"][0], positive_sources=["https://not-shown.example"])
+    data["reranker_data"].append(bad)
+    broken = tmp_path / "with_a_bad_record.json"
+    broken.write_text(json.dumps(data))
+    config = write_config(tmp_path, tiny_backbone, broken, "bi")
+    with pytest.raises(Exception, match=r"record 41: field 'positive_sources\[0\]'"):
+        run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
+    cli = run_cli(
+        "fit",
+        "--config",
+        config,
+        "--trainer.max_epochs",
+        "1",
+        "--data.init_args.on_invalid",
+        "skip",
+    )
+    report = cli.datamodule.reports["train"]
+    assert (report.read, report.kept, report.n_dropped) == (42, 41, 1)
+    assert "val/ndcg@10" in cli.trainer.callback_metrics
