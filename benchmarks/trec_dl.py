@@ -143,33 +143,33 @@ def resolve_data_dir(data_dir: str | Path, years: Sequence[str] = YEARS) -> Path
     return path
 
 
-def load_qrels(path: str | Path) -> Qrels:
-    """TREC qrels (``qid iter docid rel``) as ``{qid: {docid: rel}}``."""
-    qrels: Qrels = {}
+def _read_columns(path: str | Path, n_columns: int, expected: str) -> list[list[str]]:
+    """The whitespace-separated rows of a TREC text file, each checked to have ``n_columns``."""
+    rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 4:
-                raise DataError(f"{path}:{line_no}: expected 'qid iter docid rel', got {line!r}")
-            qid, _, docid, rel = parts
-            qrels.setdefault(qid, {})[docid] = int(rel)
+            if len(parts) != n_columns:
+                raise DataError(f"{path}:{line_no}: expected {expected}, got {line!r}")
+            rows.append(parts)
+    return rows
+
+
+def load_qrels(path: str | Path) -> Qrels:
+    """TREC qrels (``qid iter docid rel``) as ``{qid: {docid: rel}}``."""
+    qrels: Qrels = {}
+    for qid, _, docid, rel in _read_columns(path, 4, "'qid iter docid rel'"):
+        qrels.setdefault(qid, {})[docid] = int(rel)
     return qrels
 
 
 def load_trec_run(path: str | Path) -> dict[str, list[tuple[str, int, float]]]:
     """A TREC run file as ``{qid: [(docid, rank, score), ...]}`` sorted by rank."""
     run: dict[str, list[tuple[str, int, float]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(f"{path}:{line_no}: expected 6 TREC run columns, got {line!r}")
-            qid, _, docid, rank, score, _ = parts
-            run.setdefault(qid, []).append((docid, int(rank), float(score)))
+    for qid, _, docid, rank, score, _ in _read_columns(path, 6, "6 TREC run columns"):
+        run.setdefault(qid, []).append((docid, int(rank), float(score)))
     for entries in run.values():
         entries.sort(key=lambda e: e[1])
     return run

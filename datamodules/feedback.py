@@ -320,9 +320,12 @@ def require_list(raw: dict, key: str, *, file: str, index: int, required: bool =
     return value
 
 
-def require_record_object(raw: Any, *, file: str, index: int) -> dict:
+def require_object(raw: Any, *, file: str, index: int, field: str | None = None) -> dict:
+    """``raw`` itself must be a JSON object (the record, or one of its fields)."""
     if not isinstance(raw, dict):
-        raise FeedbackError(f"expected an object, got {_type_name(raw)}", file=file, record=index)
+        raise FeedbackError(
+            f"expected an object, got {_type_name(raw)}", file=file, record=index, field=field
+        )
     return raw
 
 
@@ -333,13 +336,7 @@ def require_record_object(raw: Any, *, file: str, index: int) -> dict:
 
 def parse_source(raw: Any, *, file: str, index: int, position: int) -> Source:
     where = f"all_sources[{position}]."
-    if not isinstance(raw, dict):
-        raise FeedbackError(
-            f"expected an object, got {_type_name(raw)}",
-            file=file,
-            record=index,
-            field=f"all_sources[{position}]",
-        )
+    require_object(raw, file=file, index=index, field=f"all_sources[{position}]")
     url = require_str(raw, "url", file=file, index=index, where=where)
     title = optional_str(raw, "title", file=file, index=index, where=where) or ""
     snippet = optional_str(raw, "snippet", file=file, index=index, where=where) or ""
@@ -384,7 +381,7 @@ def parse_reranker_record(
     ``"pick_order"`` grades picks by the order the user picked them (3, 2, 1, then 1). An
     optional ``relevance: {url: grade}`` overrides both for the urls it names.
     """
-    record = require_record_object(raw, file=file, index=index)
+    record = require_object(raw, file=file, index=index)
     query = require_str(record, "query", file=file, index=index)
     raw_sources = require_list(record, "all_sources", file=file, index=index)
     if not raw_sources:
