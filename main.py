@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_modules.callbacks import document_template_of, load_weights
+from lightning_modules.callbacks import load_weights
 
 
 class FeedbackTrainer(L.Trainer):
@@ -34,9 +34,7 @@ class FeedbackTrainer(L.Trainer):
             load_weights(model, ckpt_path)
         else:
             logging.getLogger(__name__).warning("No --ckpt_path: exporting the untouched model")
-        target = model.export(
-            export_dir, document_template=document_template_of(datamodule), overwrite=overwrite
-        )
+        target = model.export(export_dir, datamodule=datamodule, overwrite=overwrite)
         print(f"Exported {type(model).__name__} to {target}")
         return target
 

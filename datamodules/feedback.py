@@ -55,6 +55,18 @@ class FeedbackError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class RecordFiltered(Exception):
+    """Raised by a ``parse_record`` for a valid record that carries no training signal.
+
+    Not a :class:`FeedbackError`: the record is fine, so ``on_invalid`` does not apply; the load
+    counts it in :attr:`ParseReport.filtered` under ``reason`` and moves on.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 @dataclass(frozen=True)
 class Source:
     """One source the app showed for a query."""
@@ -107,6 +119,8 @@ class ParseReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    # Valid records left out because they cannot teach anything (see RecordFiltered), by reason.
+    filtered: Counter = field(default_factory=Counter)
 
     def drop(self, error: FeedbackError, max_examples: int = 5) -> None:
         self.dropped[error.reason if error.field is None else f"{error.field}: {error.reason}"] += 1
@@ -117,8 +131,15 @@ class ParseReport:
     def n_dropped(self) -> int:
         return sum(self.dropped.values())
 
+    @property
+    def n_filtered(self) -> int:
+        return sum(self.filtered.values())
+
     def summary(self) -> str:
         text = f"read {self.read} records from {len(self.files)} file(s), kept {self.kept}"
+        if self.n_filtered:
+            reasons = "; ".join(f"{n} x {reason}" for reason, n in self.filtered.most_common())
+            text += f", filtered {self.n_filtered} ({reasons})"
         if self.n_dropped:
             reasons = "; ".join(f"{n} x {reason}" for reason, n in self.dropped.most_common())
             text += f", dropped {self.n_dropped} ({reasons})"
@@ -244,6 +265,8 @@ def load_feedback(
 
     ``parse_record`` raises :class:`FeedbackError` for a bad record; ``on_invalid`` decides
     whether that stops the load (``"error"``) or drops the record and counts it (``"skip"``).
+    It raises :class:`RecordFiltered` for a valid record without training signal, which is
+    left out and counted in ``report.filtered`` whatever ``on_invalid`` says.
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
@@ -254,6 +277,8 @@ def load_feedback(
         for index, raw in iter_raw_records(path, top_key, report, on_invalid):
             try:
                 records.append(parse_record(raw, str(path), index))
+            except RecordFiltered as filtered:
+                report.filtered[filtered.reason] += 1
             except FeedbackError as error:
                 if on_invalid == "error":
                     raise
@@ -307,15 +332,18 @@ def optional_str(raw: dict, key: str, *, file: str, index: int, where: str = "")
     return value
 
 
-def require_list(raw: dict, key: str, *, file: str, index: int, required: bool = True) -> list:
+def require_list(
+    raw: dict, key: str, *, file: str, index: int, required: bool = True, where: str = ""
+) -> list:
+    name = f"{where}{key}"
     if key not in raw or raw[key] is None:
         if required:
-            raise FeedbackError("missing", file=file, record=index, field=key)
+            raise FeedbackError("missing", file=file, record=index, field=name)
         return []
     value = raw[key]
     if not isinstance(value, list):
         raise FeedbackError(
-            f"expected a list, got {_type_name(value)}", file=file, record=index, field=key
+            f"expected a list, got {_type_name(value)}", file=file, record=index, field=name
         )
     return value
 

@@ -23,6 +23,8 @@ from datamodules.split import is_validation_query, normalise_query
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DOCUMENT_TEMPLATE = "{title}\n{snippet}"
+
 
 @dataclass
 class RerankList:
@@ -171,7 +173,7 @@ class RerankerDataModule(L.LightningDataModule):
         split_salt: str = "",
         label_mode: LabelMode = "binary",
         on_invalid: OnInvalid = "error",
-        document_template: str = "{title}\n{snippet}",
+        document_template: str = DEFAULT_DOCUMENT_TEMPLATE,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         max_docs_per_query: int = 16,

@@ -16,11 +16,6 @@ from lightning_modules.export import write_atomically
 log = logging.getLogger(__name__)
 
 
-def document_template_of(datamodule: L.LightningDataModule | None) -> str:
-    """The template the model was trained with, saved with the export for the app to use."""
-    return getattr(datamodule, "document_template", "{title}\n{snippet}")
-
-
 def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
     """Load a Lightning checkpoint's weights into an already built module (strictly)."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -52,11 +47,7 @@ class ExportBestModel(L.Callback):
             load_weights(pl_module, checkpoint.best_model_path)
             log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
         target = Path(self.export_dir or Path(trainer.log_dir or ".") / "export")
-        pl_module.export(
-            target,
-            document_template=document_template_of(trainer.datamodule),
-            overwrite=self.overwrite,
-        )
+        pl_module.export(target, datamodule=trainer.datamodule, overwrite=self.overwrite)
         pl_module.load_state_dict(state)  # leave the module as fit left it
         print(f"Exported the fine-tuned model to {target}")
 
@@ -129,3 +120,46 @@ class RerankingWriter(BasePredictionWriter):
         target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
         write_atomically(target, write, overwrite=self.overwrite)
         print(f"Wrote {len(results)} reranked queries to {target}")
+
+
+class RewriteWriter(BasePredictionWriter):
+    """Writes ``predict`` results of the query rewriter: ``rewrites.jsonl``, one line a question.
+
+    Each line is ``{"question", "history", "rewrites": [best, ...]}`` in input order, with the
+    number of rewrites set by the model's ``num_return_sequences`` (the app searches with
+    several variations).
+
+    Args:
+        output_dir: where to write; default ``<log dir>/predictions``, fresh for every run.
+        overwrite: replace ``output_dir`` if it exists.
+    """
+
+    def __init__(self, output_dir: str | None = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Any,
+        batch_indices: Any,
+    ) -> None:
+        pairs = trainer.datamodule.predict_pairs
+        results = sorted((r for batch in predictions for r in batch), key=lambda r: r["index"])
+
+        def write(folder: Path) -> None:
+            with open(folder / "rewrites.jsonl", "w", encoding="utf-8") as handle:
+                for result in results:
+                    pair = pairs[result["index"]]
+                    line = {
+                        "question": pair.source,
+                        "history": list(pair.history),
+                        "rewrites": result["rewrites"],
+                    }
+                    handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+        target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
+        write_atomically(target, write, overwrite=self.overwrite)
+        print(f"Wrote rewrites of {len(results)} questions to {target}")

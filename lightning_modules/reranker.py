@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
-from datamodules.reranker import RerankBatch
+from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
@@ -198,9 +198,18 @@ class RerankerModule(L.LightningModule):
         }
 
     def export(
-        self, export_dir: str | Path, *, document_template: str, overwrite: bool = False
+        self,
+        export_dir: str | Path,
+        *,
+        datamodule: L.LightningDataModule | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write a self-contained Hugging Face / sentence-transformers folder, atomically."""
+        """Write a self-contained Hugging Face / sentence-transformers folder, atomically.
+
+        The datamodule's document template is saved with it: the app must format sources the
+        same way.
+        """
+        document_template = getattr(datamodule, "document_template", DEFAULT_DOCUMENT_TEMPLATE)
 
         def write(folder: Path) -> None:
             self._save_model(folder)

@@ -1,7 +1,10 @@
-"""Converters from public data sets into the app's reranker feedback format.
+"""Converters from public data sets into the app's feedback formats.
 
 Each converter module has a reader ``read_<name>(path)`` that returns the data set's parsed rows
-and a pure function ``convert_<name>(rows)`` that turns them into app records::
+and a pure function ``convert_<name>(rows)`` that turns them into records of one of three kinds.
+
+Reranker feedback (``{"reranker_data": [...]}``), accepted by
+:func:`datamodules.feedback.parse_reranker_record`::
 
     {"query": str,
      "query_id": str,
@@ -10,17 +13,33 @@ and a pure function ``convert_<name>(rows)`` that turns them into app records::
      "negative_sources": [url, ...],
      "timestamp": null}
 
-which :func:`datamodules.feedback.parse_reranker_record` accepts. ``all_sources`` keeps the data
-set's own display order (it is the baseline ranking).
+``all_sources`` keeps the data set's own display order (it is the baseline ranking).
+
+Query-rewriting feedback (``{"query_rewriting_data": [...]}``), the app's own shape::
+
+    {"original_query": str,
+     "selected_sources": [url, ...],
+     "query_source_mapping": {name: {"query": str, "reasoning": str,
+                                     "sources": [{"title", "url", "snippet"}, ...]}},
+     "query_generator": str,
+     "timestamp": null}
+
+Rewrite pairs (JSON Lines, one ``{"source": str, "target": str, "history": [str, ...]}`` a
+line): a query, its self-contained rewrite and the earlier turns of the conversation.
 
 Converters:
 
-* :mod:`.msmarco`: MS MARCO v1.1 QnA (``is_selected`` passages are positives).
-* :mod:`.trec_session`: TREC Session Track 2013 (clicked results are positives).
+* :mod:`.msmarco`: MS MARCO v1.1 QnA (``is_selected`` passages are positives). Reranker.
+* :mod:`.trec_session`: TREC Session Track 2013 (clicked results are positives). Reranker.
 * :mod:`.wikiqa`: WikiQA train and dev (label 1 sentences are positives; test is refused).
+  Reranker.
+* :mod:`.trec_session_rewriting`: TREC Session Track 2013 sessions (an earlier query, the
+  session's later queries with their results, the clicked results). Query rewriting.
+* :mod:`.canard`: CANARD train (question -> self-contained rewrite, with the dialog's earlier
+  turns; dev is test-only and never converted). Rewrite pairs.
 
-Run them with ``python -m datamodules.converters {msmarco,trec-session,wikiqa} --input PATH
---output PATH``.
+Run them with ``python -m datamodules.converters {msmarco,trec-session,wikiqa,
+trec-session-rewriting,canard} --input PATH --output PATH``.
 
 Repeated urls: the parser marks *every* source that shows a positive url as positive. When a data
 set shows the same url more than once for one query (MS MARCO does: several passages of one page,
@@ -143,18 +162,22 @@ def read_json_rows(path: str | Path) -> list[Any]:
     return data
 
 
-def dump_feedback(records: Iterable[dict[str, Any]]) -> str:
-    """``{"reranker_data": [...]}`` with one record a line: compact, yet diffs stay readable."""
+def dump_feedback(records: Iterable[dict[str, Any]], top_key: str = "reranker_data") -> str:
+    """``{top_key: [...]}`` with one record a line: compact, yet diffs stay readable."""
     lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
+    head = json.dumps(top_key)
     if not lines:
-        return '{"reranker_data":[]}\n'
-    return '{"reranker_data":[\n' + ",\n".join(lines) + "\n]}\n"
+        return "{" + head + ":[]}\n"
+    return "{" + head + ":[\n" + ",\n".join(lines) + "\n]}\n"
 
 
-def write_feedback_file(
-    records: Sequence[dict[str, Any]], output: str | Path, *, overwrite: bool = False
-) -> Path:
-    """Write records atomically (temp file in the same folder, then ``os.replace``).
+def dump_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    """JSON Lines: one compact record a line."""
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+
+
+def write_text_atomically(text: str, output: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``text`` atomically (temp file in the same folder, then ``os.replace``).
 
     Raises :class:`FileExistsError` when ``output`` exists and ``overwrite`` is false.
     """
@@ -169,7 +192,7 @@ def write_feedback_file(
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_feedback(records))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, output)
@@ -177,6 +200,24 @@ def write_feedback_file(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return output
+
+
+def write_feedback_file(
+    records: Sequence[dict[str, Any]],
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    top_key: str = "reranker_data",
+    jsonl: bool = False,
+) -> Path:
+    """Write records atomically (temp file in the same folder, then ``os.replace``).
+
+    ``{top_key: [...]}`` with one record a line (``top_key`` is ``"reranker_data"`` or
+    ``"query_rewriting_data"``), or JSON Lines when ``jsonl`` is true (``top_key`` unused).
+    Raises :class:`FileExistsError` when ``output`` exists and ``overwrite`` is false.
+    """
+    text = dump_jsonl(records) if jsonl else dump_feedback(records, top_key)
+    return write_text_atomically(text, output, overwrite=overwrite)
 
 
 def feedback_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -1,0 +1,413 @@
+"""Batches of (question [+ conversation history], target rewrite) pairs for seq2seq training.
+
+Where the pairs come from (app feedback with mined targets, or the public pairs format) is the
+business of :mod:`datamodules.rewrite_feedback`; this module turns them into model inputs:
+
+* :class:`RewriteInputFormat` is how a question and its history become one input text. It is
+  saved with every export, so the app builds inputs exactly as training did.
+* :class:`RewriteCollator` tokenises with dynamic padding; labels are padded with ``-100`` so
+  padding never counts in the loss.
+* :class:`QueryRewritingDataModule` splits by a hash of the question (the reranker's split), so
+  a question keeps its side as data grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.feedback import OnInvalid, ParseReport
+from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
+from datamodules.split import is_validation_query, normalise_query
+
+log = logging.getLogger(__name__)
+
+HistoryOrder = Literal["question_first", "chronological"]
+
+
+def target_end_token_id(tokenizer) -> int:
+    """The token that ends a target: ``</s>`` for T5, ``[SEP]`` for BERT-style vocabularies."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise ValueError(f"{type(tokenizer).__name__} has neither an eos nor a sep token")
+    return end
+
+
+@dataclass(frozen=True)
+class RewriteInputFormat:
+    """How a question and its conversation history become the model's input text.
+
+    Args:
+        task_prefix: text put before everything (T5 style, e.g. ``"rewrite: "``).
+        history_separator: put between the question and each history turn.
+        history_order: ``question_first`` writes the question, then the turns newest first
+            (``q ||| newest ||| older``); ``chronological`` writes the turns oldest first and
+            the question last (``oldest ||| newer ||| q``), the layout of e.g. T5-CANARD models.
+        max_history_turns: keep at most this many of the newest turns (``None``: all that fit).
+        max_source_tokens: token budget of the whole input. The question is always kept whole
+            (cut only if it alone exceeds the budget); then the newest turns that fit whole are
+            kept and older ones dropped, so the model always sees the most recent context.
+    """
+
+    task_prefix: str = ""
+    history_separator: str = " ||| "
+    history_order: HistoryOrder = "question_first"
+    max_history_turns: int | None = None
+    max_source_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.history_order not in ("question_first", "chronological"):
+            raise ValueError(
+                f"history_order must be question_first or chronological, got {self.history_order!r}"
+            )
+        if self.max_history_turns is not None and self.max_history_turns < 0:
+            raise ValueError("max_history_turns must be >= 0 or null")
+        if self.max_source_tokens < 1:
+            raise ValueError("max_source_tokens must be >= 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def join(self, question: str, history: Sequence[str]) -> str:
+        """The input text for ``question`` given the (already selected) ``history`` turns."""
+        if self.history_order == "question_first":
+            parts = [question, *reversed(history)]
+        else:
+            parts = [*history, question]
+        return self.task_prefix + self.history_separator.join(p.strip() for p in parts)
+
+    def select_history(self, question: str, history: Sequence[str], count_tokens) -> list[str]:
+        """The newest turns that fit the token budget whole, oldest first.
+
+        ``count_tokens(texts) -> list[int]`` counts tokens without special tokens.
+        """
+        turns = [t for t in history if t.strip()]
+        if self.max_history_turns is not None:
+            turns = turns[len(turns) - self.max_history_turns :] if self.max_history_turns else []
+        if not turns:
+            return []
+        # Special tokens (e.g. [CLS]/[SEP] or </s>) take a few of the budget: keep 2 spare.
+        fixed, separator, *lengths = count_tokens(
+            [self.task_prefix + question, self.history_separator, *turns]
+        )
+        budget = self.max_source_tokens - 2 - fixed
+        kept: list[str] = []
+        for turn, length in zip(reversed(turns), reversed(lengths), strict=True):
+            cost = length + separator
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(turn)
+        return kept[::-1]
+
+
+@dataclass
+class RewriteBatch:
+    """Tokenised inputs and ``-100``-padded labels, plus the texts for metrics and writers."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    sources: list[str]  # the questions as the user wrote them (the copy baseline's output)
+    targets: list[str | None]
+    contexts: list[str] = field(default_factory=list)  # full input texts (for recasing)
+    indices: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+class RewritePairDataset(Dataset):
+    def __init__(self, pairs: Sequence[RewritePair]) -> None:
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[int, RewritePair]:
+        return index, self.pairs[index]
+
+
+class RewriteCollator:
+    """Tokenises a list of pairs: inputs padded to the batch's longest, labels with ``-100``."""
+
+    def __init__(self, tokenizer, input_format: RewriteInputFormat, max_target_tokens: int = 64):
+        self.tokenizer = tokenizer
+        self.input_format = input_format
+        self.max_target_tokens = max_target_tokens
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def source_text(self, pair: RewritePair) -> str:
+        fmt = self.input_format
+        history = fmt.select_history(pair.source, pair.history, self._count_tokens)
+        return fmt.join(pair.source, history)
+
+    def __call__(self, items: list[tuple[int, RewritePair]]) -> RewriteBatch:
+        indices = [i for i, _ in items]
+        pairs = [p for _, p in items]
+        texts = [self.source_text(p) for p in pairs]
+        encoded = self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.input_format.max_source_tokens,
+            return_tensors="pt",
+        )
+        targets = [p.target for p in pairs]
+        labels = None
+        if all(t is not None for t in targets):
+            # Targets end with the end token and carry no start token: the model prepends its
+            # decoder start token itself (T5: pad, EncoderDecoder: [CLS]).
+            end = target_end_token_id(self.tokenizer)
+            ids = self.tokenizer(targets, add_special_tokens=False)["input_ids"]
+            ids = [row[: self.max_target_tokens - 1] + [end] for row in ids]
+            labels = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
+            for row, values in enumerate(ids):
+                labels[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+        return RewriteBatch(
+            input_ids=encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            labels=labels,
+            sources=[p.source for p in pairs],
+            targets=targets,
+            contexts=[" ".join([*p.history, p.source]) for p in pairs],
+            indices=indices,
+        )
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled batches of similar input length: less padding, same data each epoch.
+
+    Shuffles, cuts the order into windows of ``batch_size * window_batches`` examples, sorts
+    each window by length and shuffles the resulting batches (the usual "bucketing" trick).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, window_batches: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.window = batch_size * window_batches
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(torch.initial_seed() + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.window):
+            window = sorted(order[start : start + self.window], key=self.lengths.__getitem__)
+            batches += [
+                window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)
+            ]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield from batch
+
+
+class QueryRewritingDataModule(L.LightningDataModule):
+    """Question → rewrite pairs from app feedback and/or pairs files.
+
+    Args:
+        train_files: app ``query_rewriting_training_data.json`` files (targets are mined, see
+            :mod:`datamodules.rewrite_feedback`) and/or pairs files (``{"source", "target",
+            "history"?}`` JSON Lines), directories or globs, in any mix. A deterministic hash
+            of each normalised question sends ``validation_fraction`` of them to validation.
+        val_files: explicit validation data. When given, no hash split is made and training
+            drops pairs whose question also appears here.
+        test_files: data for ``main.py test`` (same metrics as validation).
+        predict_files: questions to rewrite with ``main.py predict``: app records (their
+            ``original_query``) or pairs-format lines (``target`` optional).
+        validation_fraction: share of questions (by hash) held out for validation.
+        max_val_pairs: validation generates text (slow on a CPU): cap the validation set at this
+            many pairs, chosen by hash so the same ones are kept every run. ``None``: all.
+        split_salt: changes which questions are held out, reproducibly.
+        keep_unchanged: keep records where the original query itself found the user's sources
+            best (target = the query: the model learns when *not* to rewrite). ``false`` drops
+            them.
+        on_invalid: ``error`` stops at the first bad record; ``skip`` drops and reports them.
+        task_prefix, history_separator, history_order, max_history_turns, max_source_tokens:
+            the input format (see :class:`RewriteInputFormat`); saved with the export.
+        max_target_tokens: longer targets are truncated in training.
+        batch_size: pairs per training batch.
+        eval_batch_size: pairs per validation/test/predict batch (default: ``batch_size``).
+        group_by_length: batch training pairs of similar input length (less padding).
+        num_workers: DataLoader worker processes (tokenisation runs there).
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        predict_files: list[str] | None = None,
+        validation_fraction: float = 0.2,
+        max_val_pairs: int | None = None,
+        split_salt: str = "",
+        keep_unchanged: bool = True,
+        on_invalid: OnInvalid = "error",
+        task_prefix: str = "",
+        history_separator: str = " ||| ",
+        history_order: HistoryOrder = "question_first",
+        max_history_turns: int | None = None,
+        max_source_tokens: int = 128,
+        max_target_tokens: int = 64,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_files = train_files or []
+        self.val_files = val_files or []
+        self.test_files = test_files or []
+        self.predict_files = predict_files or []
+        self.validation_fraction = validation_fraction
+        self.max_val_pairs = max_val_pairs
+        self.split_salt = split_salt
+        self.keep_unchanged = keep_unchanged
+        self.on_invalid = on_invalid
+        self.input_format = RewriteInputFormat(
+            task_prefix=task_prefix,
+            history_separator=history_separator,
+            history_order=history_order,
+            max_history_turns=max_history_turns,
+            max_source_tokens=max_source_tokens,
+        )
+        self.max_target_tokens = max_target_tokens
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.tokenizer = None
+        self.train_pairs: list[RewritePair] = []
+        self.val_pairs: list[RewritePair] = []
+        self.test_pairs: list[RewritePair] = []
+        self.predict_pairs: list[RewritePair] = []
+        self.reports: dict[str, ParseReport] = {}
+
+    def input_format_metadata(self) -> dict[str, Any]:
+        """Saved with an export: how the app must build the model's input."""
+        return {"input_format": self.input_format.as_dict()}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load(self, name: str, files: list[str]) -> list[RewritePair]:
+        pairs, report = load_rewriting_data(
+            files, keep_unchanged=self.keep_unchanged, on_invalid=self.on_invalid
+        )
+        self.reports[name] = report
+        return pairs
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if module is None or not hasattr(module, "tokenizer"):
+                raise RuntimeError(
+                    "QueryRewritingDataModule needs the model's tokenizer: run it through a "
+                    "Trainer with a QueryRewriter, or set `datamodule.tokenizer` yourself."
+                )
+            self.tokenizer = module.tokenizer
+        if stage in (None, "fit", "validate") and not (self.train_pairs or self.val_pairs):
+            self._setup_fit()
+        if stage in (None, "test") and not self.test_pairs:
+            if not self.test_files:
+                raise ValueError("`test` needs data.test_files")
+            self.test_pairs = self._load("test", self.test_files)
+        if stage in (None, "predict") and not self.predict_pairs:
+            if not self.predict_files:
+                raise ValueError("`predict` needs data.predict_files")
+            self.predict_pairs, self.reports["predict"] = load_rewrite_inputs(
+                self.predict_files, on_invalid=self.on_invalid
+            )
+
+    def _setup_fit(self) -> None:
+        if not self.train_files and not self.val_files:
+            raise ValueError("fit/validate need data.train_files (and optionally data.val_files)")
+        pairs = self._load("train", self.train_files) if self.train_files else []
+        if self.val_files:
+            self.val_pairs = self._load("validation", self.val_files)
+            held_out = {normalise_query(p.source) for p in self.val_pairs}
+            self.train_pairs = [p for p in pairs if normalise_query(p.source) not in held_out]
+            if len(self.train_pairs) < len(pairs):
+                log.info(
+                    "Dropped %d training pairs whose question is in val_files",
+                    len(pairs) - len(self.train_pairs),
+                )
+        else:
+            self.train_pairs, self.val_pairs = [], []
+            for p in pairs:
+                side = is_validation_query(p.source, self.validation_fraction, self.split_salt)
+                (self.val_pairs if side else self.train_pairs).append(p)
+        if self.max_val_pairs is not None and len(self.val_pairs) > self.max_val_pairs:
+            # A fixed subset (by hash, not by position) so every run validates on the same pairs.
+            from datamodules.split import query_bucket
+
+            ranked = sorted(
+                range(len(self.val_pairs)),
+                key=lambda i: query_bucket(
+                    f"{self.val_pairs[i].source}\x1f{self.val_pairs[i].target}", "val-subset"
+                ),
+            )
+            keep = sorted(ranked[: self.max_val_pairs])
+            self.val_pairs = [self.val_pairs[i] for i in keep]
+        log.info(
+            "Query rewriting data: %d training pairs (%d keep the question unchanged), "
+            "%d validation pairs",
+            len(self.train_pairs),
+            sum(p.is_original for p in self.train_pairs),
+            len(self.val_pairs),
+        )
+
+    # -- loaders ---------------------------------------------------------------------------
+
+    def collator(self) -> RewriteCollator:
+        return RewriteCollator(self.tokenizer, self.input_format, self.max_target_tokens)
+
+    def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:
+        dataset = RewritePairDataset(pairs)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = None
+        if train and self.group_by_length:
+            # Character length is a cheap, good enough proxy for token length here.
+            lengths = [len(p.source) + sum(len(t) for t in p.history) for p in pairs]
+            sampler = LengthGroupedSampler(lengths, batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_pairs:
+            raise ValueError(
+                "No training pair: nothing to learn from "
+                f"({self.reports.get('train', ParseReport()).summary()})"
+            )
+        return self._loader(self.train_pairs, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_pairs, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_pairs, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_pairs, train=False)

@@ -1,0 +1,411 @@
+"""A seq2seq query rewriter: question (+ conversation history) -> the query that finds the sources.
+
+One LightningModule, three ways to get the network (``init``):
+
+* ``pretrained``: any ``AutoModelForSeq2SeqLM`` folder or hub name, e.g. the app's
+  ``prhegde/t5-query-reformulation-RL`` (T5) for users with internet;
+* ``t5_config``: a T5 with random weights built from ``T5Config`` sizes given in the YAML, using
+  a tokenizer from a local folder (offline there is no pretrained T5);
+* ``encoder_decoder``: an ``EncoderDecoderModel`` warm-started from a BERT-style checkpoint on
+  both sides (Rothe et al., 2020, "Leveraging Pre-trained Checkpoints for Sequence Generation
+  Tasks"), e.g. the packaged all-MiniLM-L6-v2; the decoder's cross-attention starts random.
+
+Validation generates rewrites and logs corpus SacreBLEU, chrF and exact match (torchmetrics),
+and the same for the **copy baseline** (the question returned unchanged) on the same pairs, so
+every run shows its lift over not rewriting at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.text import CHRFScore, SacreBLEUScore
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    T5Config,
+    T5ForConditionalGeneration,
+    get_linear_schedule_with_warmup,
+)
+
+from datamodules.query_rewriting import RewriteBatch, target_end_token_id
+from datamodules.split import normalise_query
+from lightning_modules.backbones import resolve_model_path
+from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
+from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
+
+log = logging.getLogger(__name__)
+
+Init = Literal["pretrained", "t5_config", "encoder_decoder"]
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class RewriteMetrics(nn.Module):
+    """Corpus SacreBLEU (13a tokenisation, cased), chrF and exact match of a set of rewrites.
+
+    Exact match compares case-, width- and whitespace-normalised text (``normalise_query``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bleu = SacreBLEUScore(tokenize="13a")
+        self.chrf = CHRFScore(n_word_order=0)  # chrF as sacrebleu's default (not chrF++)
+        self.exact_match = MeanMetric()
+
+    def update(self, predictions: list[str], references: list[str]) -> None:
+        self.bleu.update(predictions, [[r] for r in references])
+        self.chrf.update(predictions, [[r] for r in references])
+        matches = [
+            float(normalise_query(p) == normalise_query(r))
+            for p, r in zip(predictions, references, strict=True)
+        ]
+        self.exact_match.update(torch.tensor(matches, dtype=torch.float64))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        # SacreBLEU and chrF are reported on sacrebleu's 0-100 scale.
+        return {
+            "bleu": self.bleu.compute() * 100,
+            "chrf": self.chrf.compute() * 100,
+            "exact_match": self.exact_match.compute(),
+        }
+
+    def reset(self) -> None:
+        self.bleu.reset()
+        self.chrf.reset()
+        self.exact_match.reset()
+
+
+def build_seq2seq(
+    init: Init,
+    model_path: str,
+    tokenizer_path: str,
+    t5_config: dict[str, Any] | None,
+    decoder_num_layers: int | None,
+    trust_remote_code: bool,
+):
+    """The network and its tokenizer, with the special token ids generation needs set."""
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if init != "pretrained":
+        # A BERT tokenizer also returns token_type_ids, which T5 and EncoderDecoderModel refuse
+        # in generate(). Given at load time it is saved with the export, so that there too
+        # `model.generate(**tokenizer(text))` just works.
+        kwargs["model_input_names"] = ["input_ids", "attention_mask"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **kwargs)
+    end_id = target_end_token_id(tokenizer)
+    if init == "pretrained":
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            model_path, trust_remote_code=trust_remote_code
+        )
+    elif init == "t5_config":
+        sizes = dict(t5_config or {})
+        sizes.setdefault("vocab_size", len(tokenizer))
+        if sizes["vocab_size"] < len(tokenizer):
+            raise ValueError(
+                f"t5_config.vocab_size={sizes['vocab_size']} is smaller than the tokenizer's "
+                f"vocabulary ({len(tokenizer)})"
+            )
+        config = T5Config(
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end_id,
+            decoder_start_token_id=tokenizer.pad_token_id,  # T5's convention
+            **sizes,
+        )
+        model = T5ForConditionalGeneration(config)
+    elif init == "encoder_decoder":
+        kwargs = {}
+        if decoder_num_layers is not None:
+            kwargs["decoder_num_hidden_layers"] = decoder_num_layers
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            model_path, model_path, **kwargs
+        )
+        start = (
+            tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        )
+        model.config.decoder_start_token_id = start
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.eos_token_id = end_id
+        model.generation_config.decoder_start_token_id = start
+    else:
+        raise ValueError(f"init must be pretrained, t5_config or encoder_decoder, got {init!r}")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = end_id
+    if model.generation_config.decoder_start_token_id is None:
+        model.generation_config.decoder_start_token_id = model.config.decoder_start_token_id
+    return model, tokenizer
+
+
+class QueryRewriter(L.LightningModule):
+    """Fine-tunes a seq2seq model to rewrite questions into the queries that find the sources.
+
+    Args:
+        model_name_or_path: the pretrained seq2seq model (``init: pretrained``), or the BERT
+            checkpoint to warm-start both sides from (``init: encoder_decoder``).
+            ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the packaged offline copy.
+        init: ``pretrained``, ``t5_config`` or ``encoder_decoder`` (see the module docstring).
+        t5_config: ``T5Config`` arguments for ``init: t5_config`` (``d_model``, ``num_layers``,
+            ...); ``vocab_size`` defaults to the tokenizer's.
+        tokenizer_name_or_path: default ``model_name_or_path``.
+        decoder_num_layers: ``encoder_decoder`` only: warm-start a decoder with this many of
+            the checkpoint's first layers (default: all).
+        learning_rate, weight_decay, warmup_ratio: AdamW with linear warm-up and decay.
+        label_smoothing: cross-entropy label smoothing.
+        num_beams, max_new_tokens, repetition_penalty, length_penalty, no_repeat_ngram_size:
+            generation settings for validation, test, predict, and saved in the export's
+            ``generation_config.json`` (so plain ``model.generate`` behaves the same).
+        num_return_sequences: rewrites per question written by ``predict``.
+        restore_surface: respell uncased output from the question and history (see
+            :mod:`lightning_modules.surface`); ``None``: only for tokenizers that lowercase.
+        num_logged_samples: validation rewrites sent to the logger each epoch.
+        trust_remote_code: allow a hub model to run its own code. Off unless you opt in.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "prhegde/t5-query-reformulation-RL",
+        init: Init = "pretrained",
+        t5_config: dict[str, Any] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        decoder_num_layers: int | None = None,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.05,
+        label_smoothing: float = 0.0,
+        num_beams: int = 4,
+        max_new_tokens: int = 48,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        num_return_sequences: int = 3,
+        restore_surface: bool | None = None,
+        num_logged_samples: int = 8,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_name_or_path = model_name_or_path
+        self.init = init
+        model_path = resolve_model_path(model_name_or_path)
+        tokenizer_path = resolve_model_path(tokenizer_name_or_path or model_name_or_path)
+        self.model, self.tokenizer = build_seq2seq(
+            init, model_path, tokenizer_path, t5_config, decoder_num_layers, trust_remote_code
+        )
+        generation = self.model.generation_config
+        generation.num_beams = num_beams
+        generation.max_new_tokens = max_new_tokens
+        generation.repetition_penalty = repetition_penalty
+        generation.length_penalty = length_penalty
+        generation.no_repeat_ngram_size = no_repeat_ngram_size
+        generation.early_stopping = num_beams > 1
+        generation.max_length = None
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.label_smoothing = label_smoothing
+        self.num_return_sequences = num_return_sequences
+        self.num_logged_samples = num_logged_samples
+        if restore_surface is None:
+            restore_surface = needs_surface_restoration(self.tokenizer)
+        self.restorer = SurfaceRestorer(self.tokenizer) if restore_surface else None
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{system}": RewriteMetrics()
+                for stage in ("val", "test")
+                for system in ("model", "copy")
+            }
+        )
+        self._samples: list[dict[str, str]] = []
+
+    # -- text ------------------------------------------------------------------------------
+
+    def decode(self, token_ids: torch.Tensor, batch: RewriteBatch, row: int) -> str:
+        """One generated sequence as text (respelt from its context for uncased models)."""
+        ids = token_ids.tolist()
+        if self.restorer is not None:
+            return self.restorer.restore(ids, [batch.contexts[row]], batch.sources[row])
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def generate(self, batch: RewriteBatch, num_return_sequences: int = 1) -> torch.Tensor:
+        beams = max(self.model.generation_config.num_beams, num_return_sequences)
+        return self.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            num_beams=beams,
+            num_return_sequences=num_return_sequences,
+            output_scores=False,
+        )
+
+    def rewrite(self, batch: RewriteBatch) -> list[str]:
+        """The best rewrite of every question of the batch."""
+        generated = self.generate(batch)
+        return [self.decode(generated[row], batch, row) for row in range(len(batch))]
+
+    # -- training --------------------------------------------------------------------------
+
+    def forward(self, batch: RewriteBatch) -> torch.Tensor:
+        logits = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+        ).logits
+        return nn.functional.cross_entropy(
+            logits.float().flatten(0, 1),
+            batch.labels.flatten(),
+            ignore_index=-100,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def training_step(self, batch: RewriteBatch, batch_idx: int) -> torch.Tensor:
+        if batch.labels is None:
+            raise ValueError("training pairs need targets")
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _eval_step(self, batch: RewriteBatch, batch_idx: int, stage: str) -> None:
+        if batch.labels is not None:
+            self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
+        targets = [t or "" for t in batch.targets]
+        rewrites = self.rewrite(batch)
+        self.metrics[f"{stage}_model"].update(rewrites, targets)
+        self.metrics[f"{stage}_copy"].update(batch.sources, targets)
+        room = self.num_logged_samples - len(self._samples)
+        for row in range(min(room, len(batch))):
+            self._samples.append(
+                {"question": batch.sources[row], "target": targets[row], "rewrite": rewrites[row]}
+            )
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        model = self.metrics[f"{stage}_model"].compute()
+        copy = self.metrics[f"{stage}_copy"].compute()
+        self.log(f"{stage}/bleu", model.pop("bleu"), prog_bar=True)
+        logged = {f"{stage}/{k}": v for k, v in model.items()}
+        for name, value in copy.items():
+            logged[f"{stage}/copy/{name}"] = value
+        full = self.metrics[f"{stage}_model"].compute()
+        for name, value in full.items():
+            logged[f"{stage}/lift/{name}"] = value - copy[name]
+        self.log_dict(logged)
+        self._log_samples(stage)
+        self.metrics[f"{stage}_model"].reset()
+        self.metrics[f"{stage}_copy"].reset()
+
+    def _log_samples(self, stage: str) -> None:
+        samples, self._samples = self._samples, []
+        if not samples or self.trainer is None or self.trainer.sanity_checking:
+            return
+        for sample in samples:
+            log.info(
+                "%s sample: %s -> %s (target: %s)",
+                stage,
+                sample["question"],
+                sample["rewrite"],
+                sample["target"],
+            )
+        logger = self.logger
+        if logger is not None and hasattr(logger, "log_text"):  # e.g. WandbLogger: a table
+            columns = ["question", "rewrite", "target"]
+            logger.log_text(
+                key=f"{stage}/samples",
+                columns=columns,
+                data=[[s[c] for c in columns] for s in samples],
+            )
+        elif self.trainer.log_dir is not None and self.trainer.is_global_zero:
+            folder = Path(self.trainer.log_dir) / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{stage}_epoch{self.current_epoch}_step{self.global_step}.jsonl"
+            with open(folder / name, "w", encoding="utf-8") as handle:
+                for sample in samples:
+                    handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+
+    def validation_step(self, batch: RewriteBatch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: RewriteBatch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: RewriteBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """``num_return_sequences`` distinct rewrites per question, best first."""
+        n = self.num_return_sequences
+        generated = self.generate(batch, num_return_sequences=n)
+        out = []
+        for row in range(len(batch)):
+            rewrites: list[str] = []
+            for k in range(n):
+                text = self.decode(generated[row * n + k], batch, row)
+                if text and text not in rewrites:
+                    rewrites.append(text)
+            out.append(
+                {"index": batch.indices[row], "question": batch.sources[row], "rewrites": rewrites}
+            )
+        return out
+
+    # -- optimisation ----------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if any(n in name for n in _NO_DECAY) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.learning_rate,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(self.warmup_ratio * total))
+        schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export_metadata(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
+        input_format = getattr(datamodule, "input_format", None)
+        return {
+            "architecture": "seq2seq_query_rewriter",
+            "init": self.init,
+            "base_model": self.model_name_or_path,
+            "input_format": input_format.as_dict() if input_format is not None else None,
+            # Uncased models' output is respelt from the question and history before use:
+            # lightning_modules.surface.SurfaceRestorer.
+            "postprocess": "restore_surface" if self.restorer is not None else None,
+            "num_return_sequences": self.num_return_sequences,
+        }
+
+    def export(
+        self,
+        export_dir: str | Path,
+        *,
+        datamodule: L.LightningDataModule | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """A folder that loads with ``AutoModelForSeq2SeqLM`` + ``AutoTokenizer``, atomically.
+
+        The generation settings travel in ``generation_config.json``; the input format (task
+        prefix, history) and post-processing in ``feedback_finetuning.json``.
+        """
+
+        def write(folder: Path) -> None:
+            self.model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+            metadata = self.export_metadata(datamodule)
+            (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+        return write_atomically(Path(export_dir), write, overwrite=overwrite)

@@ -1,0 +1,194 @@
+"""The seq2seq rewriter: metrics against sacrebleu, models built offline, export round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sacrebleu
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
+
+from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
+from datamodules.rewrite_feedback import RewritePair
+from lightning_modules.export import EXPORT_METADATA_FILE
+from lightning_modules.query_rewriter import QueryRewriter, RewriteMetrics
+
+TINY_T5 = {
+    "d_model": 32,
+    "d_ff": 64,
+    "d_kv": 8,
+    "num_heads": 4,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "dropout_rate": 0.0,
+}
+
+HYPOTHESES = [
+    "when did Frank Zappa disband the Mothers of Invention?",
+    "what kind of music did they play",
+    "Why did the band break up?",
+    "who produced the album",
+]
+REFERENCES = [
+    "When did Frank Zappa disband the Mothers of Invention?",
+    "What kind of music did the Mothers of Invention play?",
+    "Why did the band break up?",
+    "Who produced the album Hot Rats?",
+]
+
+
+def test_bleu_and_chrf_match_sacrebleu_on_a_hand_made_corpus():
+    metrics = RewriteMetrics()
+    metrics.update(HYPOTHESES[:2], REFERENCES[:2])  # corpus statistics accumulate over batches
+    metrics.update(HYPOTHESES[2:], REFERENCES[2:])
+    values = metrics.compute()
+    bleu = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score
+    chrf = sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES]).score
+    assert values["bleu"].item() == pytest.approx(bleu, abs=1e-3)
+    assert values["chrf"].item() == pytest.approx(chrf, abs=1e-2)  # float32 statistics
+    # Exact match ignores case and spacing only: 2 of 4 ("When..." and "Why...").
+    assert values["exact_match"].item() == pytest.approx(0.5)
+
+
+def test_bleu_is_cased_like_sacrebleu_default():
+    # (Every n-gram order matches at least once here, as on any real validation set; sacrebleu's
+    # default "exp" smoothing only changes corpora without a single matching 4-gram.)
+    hypothesis = "who produced the album and who sang on hot rats"
+    reference = "Who produced the album and who sang on Hot Rats"
+    metrics = RewriteMetrics()
+    metrics.update([hypothesis], [reference])
+    cased = sacrebleu.corpus_bleu([hypothesis], [[reference]]).score
+    assert metrics.compute()["bleu"].item() == pytest.approx(cased, abs=1e-3)
+    assert cased < sacrebleu.corpus_bleu([hypothesis], [[reference]], lowercase=True).score
+
+
+def test_reset_forgets_the_previous_epoch():
+    metrics = RewriteMetrics()
+    metrics.update(["a b c d e"], ["x y z w v"])
+    metrics.reset()
+    metrics.update(["a b c d e"], ["a b c d e"])
+    assert metrics.compute()["bleu"].item() == pytest.approx(100.0)
+
+
+def tiny_t5(backbone, **kwargs) -> QueryRewriter:
+    torch.manual_seed(0)
+    return QueryRewriter(
+        model_name_or_path=str(backbone),
+        init="t5_config",
+        t5_config=TINY_T5,
+        num_beams=2,
+        max_new_tokens=12,
+        **kwargs,
+    )
+
+
+def batch_of(module: QueryRewriter, pairs: list[RewritePair]):
+    collate = RewriteCollator(module.tokenizer, RewriteInputFormat(max_source_tokens=32), 16)
+    return collate(list(enumerate(pairs)))
+
+
+PAIRS = [
+    RewritePair("what is the capital", "what is the capital of france", ("france",)),
+    RewritePair("who is the president", "who is the president of germany", ("germany",)),
+]
+
+
+def test_t5_from_config_uses_the_tokenizer_and_learns_a_batch(tiny_backbone):
+    module = tiny_t5(tiny_backbone, learning_rate=1e-2)
+    assert isinstance(module.model, T5ForConditionalGeneration)
+    assert module.model.config.vocab_size == len(module.tokenizer)
+    batch = batch_of(module, PAIRS)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    first = module(batch).item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        module(batch).backward()
+        optimizer.step()
+    assert module(batch).item() < 0.1 * first
+    module.eval()
+    assert module.rewrite(batch) == [p.target for p in PAIRS]
+
+
+def test_vocab_smaller_than_the_tokenizer_is_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="vocab_size"):
+        QueryRewriter(
+            model_name_or_path=str(tiny_backbone),
+            init="t5_config",
+            t5_config={**TINY_T5, "vocab_size": 10},
+        )
+
+
+def test_encoder_decoder_warm_starts_both_sides_from_the_backbone(tiny_backbone):
+    from transformers import AutoModel
+
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone), init="encoder_decoder", decoder_num_layers=1
+    )
+    backbone = AutoModel.from_pretrained(tiny_backbone)
+    encoder = module.model.encoder
+    assert torch.equal(
+        encoder.embeddings.word_embeddings.weight, backbone.embeddings.word_embeddings.weight
+    )
+    decoder_layers = module.model.decoder.bert.encoder.layer
+    assert len(decoder_layers) == 1
+    assert torch.equal(
+        decoder_layers[0].attention.self.query.weight,
+        backbone.encoder.layer[0].attention.self.query.weight,
+    )
+    assert module.model.config.decoder_start_token_id == module.tokenizer.cls_token_id
+    loss = module(batch_of(module, PAIRS))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("init", ["t5_config", "encoder_decoder"])
+def test_export_reloads_with_auto_classes_and_generates_the_same_text(
+    tmp_path, tiny_backbone, init
+):
+    torch.manual_seed(0)
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone),
+        init=init,
+        t5_config=TINY_T5 if init == "t5_config" else None,
+        num_beams=3,
+        max_new_tokens=10,
+        repetition_penalty=1.3,
+    ).eval()
+    batch = batch_of(module, PAIRS)
+    expected = module.generate(batch)
+    folder = module.export(tmp_path / "export")
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.generation_config.num_beams == 3
+    assert model.generation_config.repetition_penalty == pytest.approx(1.3)
+    inputs = tokenizer(
+        [RewriteInputFormat().join(p.source, list(p.history)) for p in PAIRS],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        reloaded = model.generate(**inputs)  # the saved generation config, nothing passed
+    assert reloaded.tolist() == expected.tolist()
+    metadata = json.loads((folder / EXPORT_METADATA_FILE).read_text())
+    assert metadata["init"] == init
+    assert metadata["postprocess"] == "restore_surface"  # the tiny tokenizer lowercases
+
+
+def test_export_refuses_to_replace_an_existing_folder(tmp_path, tiny_backbone):
+    module = tiny_t5(tiny_backbone)
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        module.export(target)
+    assert (target / "keep.txt").read_text() == "user data"
+
+
+def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
+    module = tiny_t5(tiny_backbone, num_return_sequences=3).eval()
+    out = module.predict_step(batch_of(module, PAIRS), 0)
+    assert [o["index"] for o in out] == [0, 1]
+    for item in out:
+        assert 1 <= len(item["rewrites"]) <= 3
+        assert len(set(item["rewrites"])) == len(item["rewrites"])
