@@ -117,7 +117,7 @@ class RewriteBatch:
     labels: torch.Tensor | None
     sources: list[str]  # the questions as the user wrote them (the copy baseline's output)
     targets: list[str | None]
-    contexts: list[str] = field(default_factory=list)  # full input texts (for recasing)
+    histories: list[tuple[str, ...]] = field(default_factory=list)  # for respelling output
     indices: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -180,7 +180,7 @@ class RewriteCollator:
             labels=labels,
             sources=[p.source for p in pairs],
             targets=targets,
-            contexts=[" ".join([*p.history, p.source]) for p in pairs],
+            histories=[p.history for p in pairs],
             indices=indices,
         )
 
@@ -224,7 +224,8 @@ class QueryRewritingDataModule(L.LightningDataModule):
         train_files: app ``query_rewriting_training_data.json`` files (targets are mined, see
             :mod:`datamodules.rewrite_feedback`) and/or pairs files (``{"source", "target",
             "history"?}`` JSON Lines), directories or globs, in any mix. A deterministic hash
-            of each normalised question sends ``validation_fraction`` of them to validation.
+            of each normalised question (of its ``session_id`` when it has one, so that a
+            conversation stays on one side) sends ``validation_fraction`` of them to validation.
         val_files: explicit validation data. When given, no hash split is made and training
             drops pairs whose question also appears here.
         test_files: data for ``main.py test`` (same metrics as validation).
@@ -350,7 +351,10 @@ class QueryRewritingDataModule(L.LightningDataModule):
         else:
             self.train_pairs, self.val_pairs = [], []
             for p in pairs:
-                side = is_validation_query(p.source, self.validation_fraction, self.split_salt)
+                # A conversation/session stays on one side: its records share context and
+                # targets. Without one, the question itself is the key.
+                key = f"session\x1f{p.session_id}" if p.session_id else p.source
+                side = is_validation_query(key, self.validation_fraction, self.split_salt)
                 (self.val_pairs if side else self.train_pairs).append(p)
         if self.max_val_pairs is not None and len(self.val_pairs) > self.max_val_pairs:
             # A fixed subset (by hash, not by position) so every run validates on the same pairs.

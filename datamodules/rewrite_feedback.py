@@ -18,6 +18,9 @@ see :mod:`datamodules.feedback`, which does the reading and the error reporting)
 * **Pairs**, for public data: ``{"source": str, "target": str, "history": [str, ...]}``, with
   ``history`` optional, oldest turn first.
 
+Both may carry an optional ``"session_id"`` (a chat conversation, a search session): the
+train/validation split keeps a session on one side, since its records share context and targets.
+
 Target mining (:func:`mine_target`) turns an app record into one training target. The
 *coverage* of a candidate is the number of distinct selected urls among its sources. The target
 is the candidate with the highest coverage; ties are broken
@@ -90,6 +93,7 @@ class RewritingRecord:
     query_generator: str | None
     timestamp: str | None
     origin: str  # "file:index"
+    session_id: str | None = None  # conversation/session: kept on one side of the split
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class RewritePair:
     history: tuple[str, ...] = ()  # earlier conversation turns, oldest first
     origin: str = ""  # "file:index"
     is_original: bool = False  # target normalises to the source (the "do not rewrite" case)
+    session_id: str | None = None  # conversation/session: kept on one side of the split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +192,7 @@ def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
         query_generator=optional_str(record, "query_generator", file=file, index=index),
         timestamp=optional_str(record, "timestamp", file=file, index=index),
         origin=f"{file}:{index}",
+        session_id=optional_str(record, "session_id", file=file, index=index),
     )
 
 
@@ -257,6 +263,7 @@ def parse_rewrite_pair(
         history=tuple(history),
         origin=f"{file}:{index}",
         is_original=target is not None and normalise_query(source) == normalise_query(target),
+        session_id=optional_str(record, "session_id", file=file, index=index),
     )
 
 
@@ -280,6 +287,7 @@ def _parse_any(raw: Any, file: str, index: int, *, keep_unchanged: bool) -> Rewr
             target=mined.query.strip(),
             origin=parsed.origin,
             is_original=mined.is_original,
+            session_id=parsed.session_id,
         )
     if any(key in record for key in PAIR_KEYS):
         pair = parse_rewrite_pair(record, file, index)

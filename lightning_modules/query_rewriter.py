@@ -46,6 +46,7 @@ from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 log = logging.getLogger(__name__)
 
 Init = Literal["pretrained", "t5_config", "encoder_decoder"]
+CrossAttentionInit = Literal["self_attention", "random"]
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
@@ -84,6 +85,21 @@ class RewriteMetrics(nn.Module):
         self.exact_match.reset()
 
 
+def copy_self_attention_into_cross_attention(model: EncoderDecoderModel) -> None:
+    """Start every decoder layer's cross-attention as a copy of its pretrained self-attention.
+
+    A warm-started decoder's cross-attention is the only part with random weights, and until it
+    learns to read the encoder the decoder ignores the input and babbles its language-model prior
+    (a rewriter must mostly copy the input). The encoder is the same checkpoint, so its outputs
+    live in the space the pretrained attention was trained on: starting from the self-attention
+    weights lets the decoder look at the question from the first step.
+    """
+    for layer in model.decoder.base_model.encoder.layer:
+        if getattr(layer, "crossattention", None) is None:
+            raise ValueError("the decoder has no cross-attention to initialise")
+        layer.crossattention.load_state_dict(layer.attention.state_dict())
+
+
 def build_seq2seq(
     init: Init,
     model_path: str,
@@ -91,6 +107,7 @@ def build_seq2seq(
     t5_config: dict[str, Any] | None,
     decoder_num_layers: int | None,
     trust_remote_code: bool,
+    cross_attention_init: CrossAttentionInit = "self_attention",
 ):
     """The network and its tokenizer, with the special token ids generation needs set."""
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -127,6 +144,8 @@ def build_seq2seq(
         model = EncoderDecoderModel.from_encoder_decoder_pretrained(
             model_path, model_path, **kwargs
         )
+        if cross_attention_init == "self_attention":
+            copy_self_attention_into_cross_attention(model)
         start = (
             tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         )
@@ -156,6 +175,9 @@ class QueryRewriter(L.LightningModule):
         tokenizer_name_or_path: default ``model_name_or_path``.
         decoder_num_layers: ``encoder_decoder`` only: warm-start a decoder with this many of
             the checkpoint's first layers (default: all).
+        cross_attention_init: ``encoder_decoder`` only: ``self_attention`` starts each decoder
+            layer's cross-attention as a copy of its pretrained self-attention (see
+            :func:`copy_self_attention_into_cross_attention`); ``random`` as transformers does.
         learning_rate, weight_decay, warmup_ratio: AdamW with linear warm-up and decay.
         label_smoothing: cross-entropy label smoothing.
         num_beams, max_new_tokens, repetition_penalty, length_penalty, no_repeat_ngram_size:
@@ -175,6 +197,7 @@ class QueryRewriter(L.LightningModule):
         t5_config: dict[str, Any] | None = None,
         tokenizer_name_or_path: str | None = None,
         decoder_num_layers: int | None = None,
+        cross_attention_init: CrossAttentionInit = "self_attention",
         learning_rate: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.05,
@@ -196,7 +219,13 @@ class QueryRewriter(L.LightningModule):
         model_path = resolve_model_path(model_name_or_path)
         tokenizer_path = resolve_model_path(tokenizer_name_or_path or model_name_or_path)
         self.model, self.tokenizer = build_seq2seq(
-            init, model_path, tokenizer_path, t5_config, decoder_num_layers, trust_remote_code
+            init,
+            model_path,
+            tokenizer_path,
+            t5_config,
+            decoder_num_layers,
+            trust_remote_code,
+            cross_attention_init,
         )
         generation = self.model.generation_config
         generation.num_beams = num_beams
@@ -230,7 +259,7 @@ class QueryRewriter(L.LightningModule):
         """One generated sequence as text (respelt from its context for uncased models)."""
         ids = token_ids.tolist()
         if self.restorer is not None:
-            return self.restorer.restore(ids, [batch.contexts[row]], batch.sources[row])
+            return self.restorer.restore(ids, batch.histories[row], batch.sources[row])
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     @torch.no_grad()
@@ -340,7 +369,10 @@ class QueryRewriter(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: RewriteBatch, batch_idx: int) -> list[dict[str, Any]]:
-        """``num_return_sequences`` distinct rewrites per question, best first."""
+        """Up to ``num_return_sequences`` distinct, non-empty rewrites per question, best first.
+
+        (At least one: the question itself when the model generated nothing usable.)
+        """
         n = self.num_return_sequences
         generated = self.generate(batch, num_return_sequences=n)
         out = []
@@ -350,6 +382,8 @@ class QueryRewriter(L.LightningModule):
                 text = self.decode(generated[row * n + k], batch, row)
                 if text and text not in rewrites:
                     rewrites.append(text)
+            if not rewrites:  # nothing usable generated: the app still needs a query to run
+                rewrites.append(batch.sources[row])
             out.append(
                 {"index": batch.indices[row], "question": batch.sources[row], "rewrites": rewrites}
             )
@@ -409,3 +443,75 @@ class QueryRewriter(L.LightningModule):
             (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
         return write_atomically(Path(export_dir), write, overwrite=overwrite)
+
+
+class ExportedQueryRewriter:
+    """An exported rewriter as the app uses it: the folder alone, with the standard classes.
+
+    Builds inputs with the saved input format, generates with the saved generation settings and
+    respells uncased output from the question and history, exactly like validation did::
+
+        rewriter = ExportedQueryRewriter("logs/query_rewriting/version_0/export")
+        rewriter.rewrite(["when did they disband?"], [["Frank Zappa", "What group..."]], n=3)
+    """
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
+        folder = Path(folder)
+        from datamodules.query_rewriting import RewriteInputFormat
+
+        metadata = json.loads((folder / EXPORT_METADATA_FILE).read_text())
+        self.input_format = RewriteInputFormat(**(metadata.get("input_format") or {}))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(folder).to(device).eval()
+        self.device = device
+        self.restorer = (
+            SurfaceRestorer(self.tokenizer)
+            if metadata.get("postprocess") == "restore_surface"
+            else None
+        )
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def input_text(self, question: str, history: list[str] | tuple[str, ...] = ()) -> str:
+        turns = self.input_format.select_history(question, history, self._count_tokens)
+        return self.input_format.join(question, turns)
+
+    @torch.no_grad()
+    def rewrite(
+        self,
+        questions: list[str],
+        histories: list[list[str]] | None = None,
+        n: int = 1,
+        batch_size: int = 32,
+    ) -> list[list[str]]:
+        """Up to ``n`` distinct rewrites of every question (the question itself if none)."""
+        histories = histories if histories is not None else [[] for _ in questions]
+        out: list[list[str]] = []
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start : start + batch_size]
+            chunk_histories = histories[start : start + batch_size]
+            texts = [self.input_text(q, h) for q, h in zip(chunk, chunk_histories, strict=True)]
+            encoded = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.input_format.max_source_tokens,
+                return_tensors="pt",
+            ).to(self.device)
+            beams = max(self.model.generation_config.num_beams or 1, n)
+            generated = self.model.generate(**encoded, num_beams=beams, num_return_sequences=n)
+            for row, (question, history) in enumerate(zip(chunk, chunk_histories, strict=True)):
+                rewrites: list[str] = []
+                for k in range(n):
+                    ids = generated[row * n + k].tolist()
+                    if self.restorer is not None:
+                        text = self.restorer.restore(
+                            ids, [" ".join([*history, question])], question
+                        )
+                    else:
+                        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    if text and text not in rewrites:
+                        rewrites.append(text)
+                out.append(rewrites or [question])
+        return out

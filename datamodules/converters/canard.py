@@ -91,7 +91,10 @@ def convert_canard(
         turns = [_clean(turn) for turn in earlier]
         if not all(turns):
             report.drop("empty history entry (left out)", sum(not t for t in turns))
-        pairs.append({"source": source, "target": target, "history": [t for t in turns if t]})
+        pair = {"source": source, "target": target, "history": [t for t in turns if t]}
+        if row.get("dialog_id"):  # keeps a dialog on one side of the train/validation split
+            pair["session_id"] = str(row["dialog_id"])
+        pairs.append(pair)
     report.written += len(pairs)
     return pairs
 

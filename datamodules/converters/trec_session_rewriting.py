@@ -25,8 +25,9 @@ Mapping: interactions are ordered by ``interaction`` within their session. For e
   order as far as the data tells it (interaction order, then rank order: the JSONL has no click
   times).
 * ``query_generator``: ``"trec_session_2013"``; ``timestamp``: null; ``query_id``:
-  ``s{S}.i{i}`` (not an app field; it names the session, so that records of one session, which
-  share candidates and clicks, can be kept on one side of a train/validation split).
+  ``s{S}.i{i}`` (not an app field); ``session_id``: ``s{S}`` (optional in the app's format:
+  records of one session share candidates and clicks, and the split keeps a session on one
+  side).
 
 Cleaning, per interaction (counted once in the report): results with neither title nor snippet
 are dropped (3 in 2013, none clicked); an empty url becomes ``clueweb12://{clueweb12id}`` (none in
@@ -165,6 +166,7 @@ def _record(
         "query_generator": QUERY_GENERATOR,
         "timestamp": None,
         "query_id": f"s{earlier.session}.i{earlier.number}",
+        "session_id": f"s{earlier.session}",
     }
 
 

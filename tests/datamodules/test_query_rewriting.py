@@ -199,3 +199,18 @@ def test_datamodule_without_a_model_tokenizer_says_what_is_missing():
     dm = QueryRewritingDataModule(train_files=["x.jsonl"])
     with pytest.raises(RuntimeError, match="tokenizer"):
         dm.setup("fit")
+
+
+def test_a_session_stays_on_one_side_of_the_split(tmp_path, tokenizer):
+    pairs = [
+        {"source": f"question {i}", "target": f"rewrite {i}", "session_id": f"s{i // 5}"}
+        for i in range(200)
+    ]
+    path = write_pairs(tmp_path / "pairs.jsonl", pairs)
+    dm = QueryRewritingDataModule(train_files=[str(path)], validation_fraction=0.3)
+    dm.trainer = _Trainer(_Module(tokenizer))
+    dm.setup("fit")
+    val_sessions = {p.session_id for p in dm.val_pairs}
+    train_sessions = {p.session_id for p in dm.train_pairs}
+    assert val_sessions and train_sessions and not val_sessions & train_sessions
+    assert len(val_sessions) + len(train_sessions) == 40

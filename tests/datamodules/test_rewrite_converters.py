@@ -268,10 +268,21 @@ CANARD_ROWS = [
 def test_canard_train_only_with_rewritten_history_by_default():
     report = ConversionReport()
     pairs = convert_canard(CANARD_ROWS, report=report)
+    # session_id = the dialog: the split keeps a dialog on one side.
     assert pairs == [
-        {"source": T1[0], "target": T1[1], "history": []},
-        {"source": "did they win", "target": "did the Colts win?", "history": [T1[1]]},
-        {"source": "where did he go", "target": "where did Unitas go", "history": [T1[1], T2[1]]},
+        {"source": T1[0], "target": T1[1], "history": [], "session_id": "D1"},
+        {
+            "source": "did they win",
+            "target": "did the Colts win?",
+            "history": [T1[1]],
+            "session_id": "D1",
+        },
+        {
+            "source": "where did he go",
+            "target": "where did Unitas go",
+            "history": [T1[1], T2[1]],
+            "session_id": "D1",
+        },
     ]
     assert "secret" not in json.dumps(pairs)  # dev rows never emitted
     assert report.read == 6 and report.written == 3

@@ -508,3 +508,25 @@ def test_loading_does_not_modify_the_records(tmp_path):
     for i, raw in enumerate(records):
         parse_rewriting_record(raw, "f", i)
     assert records == before
+
+
+def test_session_id_is_read_from_app_records_and_pairs(tmp_path):
+    app = write_json(tmp_path / "app.json", [dict(app_record(), session_id="chat-7")])
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"source": "when", "target": "when was it", "session_id": "d1"},
+            {"source": "a", "target": "b"},
+        ],
+    )
+    loaded, _ = load_rewriting_data([app, pairs])
+    assert [p.session_id for p in loaded] == ["chat-7", "d1", None]
+
+
+@pytest.mark.parametrize(
+    "raw", [dict(app_record(), session_id=3), {"source": "a", "target": "b", "session_id": []}]
+)
+def test_session_id_must_be_a_string(tmp_path, raw):
+    path = write_json(tmp_path / "bad.json", [raw])
+    with pytest.raises(FeedbackError, match=r"record 0: field 'session_id'"):
+        load_rewriting_data(path)

@@ -137,8 +137,24 @@ def test_encoder_decoder_warm_starts_both_sides_from_the_backbone(tiny_backbone)
         backbone.encoder.layer[0].attention.self.query.weight,
     )
     assert module.model.config.decoder_start_token_id == module.tokenizer.cls_token_id
+    # Cross-attention starts as the layer's own pretrained self-attention, not random.
+    layer = decoder_layers[0]
+    for name, value in layer.attention.state_dict().items():
+        assert torch.equal(layer.crossattention.state_dict()[name], value), name
     loss = module(batch_of(module, PAIRS))
     assert torch.isfinite(loss)
+
+
+def test_random_cross_attention_is_left_as_transformers_makes_it(tiny_backbone):
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone),
+        init="encoder_decoder",
+        cross_attention_init="random",
+    )
+    layer = module.model.decoder.bert.encoder.layer[0]
+    assert not torch.equal(
+        layer.crossattention.self.query.weight, layer.attention.self.query.weight
+    )
 
 
 @pytest.mark.parametrize("init", ["t5_config", "encoder_decoder"])

@@ -1,0 +1,222 @@
+"""Train the offline query rewriter on CANARD train, score it on CANARD dev (TEST ONLY).
+
+Question-in-context rewriting (Elgohary et al., EMNLP 2019): rewrite a conversational question
+("when did they disband?") into a self-contained one ("when did Frank Zappa and the Mothers of
+Invention disband?") given the conversation so far.
+
+1. **Train** (skipped with ``--export``): CANARD *train* (``canard_train/canard_pairs.jsonl``,
+   split "train" only) is converted to pairs with ``datamodules.converters.canard`` (history =
+   the dialog's earlier turns in their rewritten form) and ``main.py fit`` runs the given config
+   (default ``configs/query_rewriting_offline.yaml``) within a CPU budget (``--budget-minutes``,
+   Lightning's ``max_time``). Checkpoints are chosen on a held-out slice of *train*
+   (``--validation-fraction``, by question hash), never on dev.
+2. **Test**: the exported model rewrites every question of CANARD dev (``canard/dev.json``,
+   3,430 questions) through :class:`ExportedQueryRewriter` (the same path the app uses) and
+   corpus BLEU (sacrebleu, default: 13a tokenisation, cased) is computed against the official
+   rewrites, next to the **copy baseline** (the question unchanged: 34.76 BLEU) on the same file.
+
+CANARD dev's ``History`` is ``[title, section, q1, a1, q2, a2, ...]``; training pairs carry
+questions only (CANARD train's history field is not in the snapshot). The history given to the
+model is therefore, decided before any dev figure was seen, ``title_questions``: the article
+title as the oldest turn (the conversation's topic, which the first rewrites of train dialogs
+name) followed by the earlier questions. ``--dev-history`` also reports ``questions`` (no title)
+and ``full`` (with section and answers) as secondary rows.
+
+Usage::
+
+    python benchmarks/canard.py --budget-minutes 30 --output-json benchmarks/results/canard.json
+    python benchmarks/canard.py --export logs/canard/version_0/export     # evaluate only
+    python benchmarks/canard.py --export DIR --max-dev 200                # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make the project's packages importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+import sacrebleu  # noqa: E402
+
+SHARED = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_TRAIN = SHARED / "canard_train" / "canard_pairs.jsonl"
+DEFAULT_DEV = SHARED / "canard" / "dev.json"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "query_rewriting_offline.yaml"
+COPY_BASELINE_BLEU = 34.76  # the copy baseline on CANARD dev, stated in the issue
+DEV_HISTORIES = ("title_questions", "questions", "full")
+
+
+def log(message: str) -> None:
+    print(f"[canard] {message}", file=sys.stderr, flush=True)
+
+
+def load_dev(path: Path, max_dev: int | None = None) -> list[dict[str, Any]]:
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    for i, row in enumerate(rows):
+        for key in ("History", "Question", "Rewrite"):
+            if key not in row:
+                raise ValueError(f"{path}: record {i}: field '{key}': missing")
+    return rows[:max_dev] if max_dev else rows
+
+
+def dev_history(row: dict[str, Any], mode: str) -> list[str]:
+    """The conversation given to the model, oldest first (see the module docstring)."""
+    history = [h for h in row["History"] if h.strip()]
+    full = row["History"]
+    if mode == "full":
+        return history
+    questions = [q for q in full[2::2] if q.strip()]
+    if mode == "questions":
+        return questions
+    if mode == "title_questions":
+        return [full[0], *questions] if full and full[0].strip() else questions
+    raise ValueError(f"unknown dev history mode {mode!r}; choose from {DEV_HISTORIES}")
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    from datamodules.split import normalise_query
+
+    exact = sum(
+        normalise_query(h) == normalise_query(r)
+        for h, r in zip(hypotheses, references, strict=True)
+    )
+    return {
+        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+        "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
+        "exact_match": round(exact / max(1, len(references)), 4),
+    }
+
+
+def train(args: argparse.Namespace, workdir: Path) -> Path:
+    """Convert CANARD train, run ``main.py fit`` within the budget; the run's export folder."""
+    from datamodules.converters import ConversionReport
+    from datamodules.converters.canard import convert_canard, read_canard
+
+    report = ConversionReport()
+    pairs = convert_canard(read_canard(args.train), history="rewrites", report=report)
+    pairs_file = workdir / "canard_train_pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    log(f"{len(pairs)} CANARD train pairs -> {pairs_file}")
+
+    import main
+
+    budget = f"00:{args.budget_minutes // 60:02d}:{args.budget_minutes % 60:02d}:00"
+    fit_args = [
+        "fit",
+        "--config", str(args.config),
+        "--data.init_args.train_files", json.dumps([str(pairs_file)]),
+        "--data.init_args.validation_fraction", str(args.validation_fraction),
+        "--data.init_args.max_val_pairs", str(args.max_val_pairs),
+        "--data.init_args.batch_size", str(args.batch_size),
+        "--data.init_args.eval_batch_size", str(args.batch_size),
+        "--trainer.max_epochs", str(args.epochs),
+        "--trainer.max_time", budget,
+        "--trainer.val_check_interval", str(args.val_check_interval),
+        "--trainer.logger.init_args.save_dir", str(args.log_dir),
+        "--trainer.logger.init_args.name", "canard",
+    ]  # fmt: skip
+    fit_args += args.fit_arg
+    started = time.time()
+    cli = main.main(fit_args)
+    args.train_seconds = round(time.time() - started)
+    args.train_steps = int(cli.trainer.global_step)
+    export = Path(cli.trainer.log_dir) / "export"
+    log(f"trained {args.train_steps} steps in {args.train_seconds} s; export: {export}")
+    return export
+
+
+def evaluate(export: Path, dev: list[dict[str, Any]], modes: Sequence[str], batch_size: int):
+    from lightning_modules.query_rewriter import ExportedQueryRewriter
+
+    rewriter = ExportedQueryRewriter(export)
+    questions = [row["Question"] for row in dev]
+    references = [row["Rewrite"] for row in dev]
+    results: dict[str, Any] = {"copy": corpus_scores(questions, references)}
+    samples: dict[str, list[dict[str, str]]] = {}
+    for mode in modes:
+        started = time.time()
+        histories = [dev_history(row, mode) for row in dev]
+        rewrites = [r[0] for r in rewriter.rewrite(questions, histories, batch_size=batch_size)]
+        results[mode] = corpus_scores(rewrites, references)
+        results[mode]["seconds"] = round(time.time() - started)
+        samples[mode] = [
+            {"question": q, "rewrite": h, "reference": r}
+            for q, h, r in list(zip(questions, rewrites, references, strict=True))[:20]
+        ]
+        log(f"{mode}: {results[mode]} (copy: {results['copy']})")
+    return results, samples
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN, help="canard_pairs.jsonl")
+    parser.add_argument("--dev", type=Path, default=DEFAULT_DEV, help="CANARD dev.json (test)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--export", type=Path, help="evaluate this export; no training")
+    parser.add_argument("--budget-minutes", type=int, default=30, help="training time limit")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--validation-fraction", type=float, default=0.02)
+    parser.add_argument("--max-val-pairs", type=int, default=300)
+    parser.add_argument("--val-check-interval", type=int, default=250, help="training steps")
+    parser.add_argument("--log-dir", type=Path, default=Path("logs"))
+    parser.add_argument(
+        "--fit-arg", action="append", default=[], help="extra main.py fit argument (repeatable)"
+    )
+    parser.add_argument(
+        "--dev-history", action="append", choices=DEV_HISTORIES, default=None,
+        help=f"history given on dev (repeatable; default: all, {DEV_HISTORIES[0]} is primary)",
+    )  # fmt: skip
+    parser.add_argument("--max-dev", type=int, default=None, help="first N dev rows (smoke)")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--output-json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.train_seconds = args.train_steps = None
+    modes = args.dev_history or list(DEV_HISTORIES)
+    dev = load_dev(args.dev, args.max_dev)
+    with tempfile.TemporaryDirectory() as workdir:
+        export = args.export or train(args, Path(workdir))
+        results, samples = evaluate(export, dev, modes, args.eval_batch_size)
+    summary = {
+        "benchmark": "CANARD dev (test only), corpus SacreBLEU 13a cased",
+        "dev_questions": len(dev),
+        "primary": modes[0],
+        "export": str(export),
+        "config": str(args.config) if not args.export else None,
+        "budget_minutes": None if args.export else args.budget_minutes,
+        "train_seconds": args.train_seconds,
+        "train_steps": args.train_steps,
+        "results": results,
+        "samples": samples,
+    }
+    print("| system | dev history | BLEU | chrF | exact match |\n|---|---|---:|---:|---:|")
+    print(
+        f"| copy the question | - | {results['copy']['bleu']} | {results['copy']['chrf']} | "
+        f"{results['copy']['exact_match']} |"
+    )
+    for mode in modes:
+        r = results[mode]
+        print(f"| {export} | {mode} | {r['bleu']} | {r['chrf']} | {r['exact_match']} |")
+    if args.output_json:
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        log(f"wrote {args.output_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
