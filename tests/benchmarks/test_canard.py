@@ -1,0 +1,86 @@
+"""Tests of benchmarks/canard.py on tiny hand-made data: no shared data, a tiny exported model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "canard.py"
+_spec = importlib.util.spec_from_file_location("canard_under_test", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+canard = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = canard
+_spec.loader.exec_module(canard)
+
+DEV = [
+    {
+        "History": ["Frank Zappa", "Disbandment", "What group disbanded?", "The Mothers"],
+        "Question": "When did they disband?",
+        "Rewrite": "When did the Mothers disband?",
+    },
+    {
+        "History": ["Paris", "", "What is it?", "A city", "Where is it?", "France"],
+        "Question": "How big is it?",
+        "Rewrite": "How big is Paris?",
+    },
+]
+
+
+def test_dev_history_modes():
+    assert canard.dev_history(DEV[0], "title_questions") == ["Frank Zappa", "What group disbanded?"]
+    assert canard.dev_history(DEV[0], "questions") == ["What group disbanded?"]
+    assert canard.dev_history(DEV[0], "full") == DEV[0]["History"]
+    # Empty section titles are dropped from the full history.
+    assert canard.dev_history(DEV[1], "full") == [
+        "Paris",
+        "What is it?",
+        "A city",
+        "Where is it?",
+        "France",
+    ]
+    assert canard.dev_history(DEV[1], "title_questions") == ["Paris", "What is it?", "Where is it?"]
+    with pytest.raises(ValueError, match="unknown dev history"):
+        canard.dev_history(DEV[0], "answers")
+
+
+def test_corpus_scores_are_sacrebleu_and_normalised_exact_match():
+    hyps = ["when did the mothers disband?", "How big is Paris?"]
+    refs = [row["Rewrite"] for row in DEV]
+    scores = canard.corpus_scores(hyps, refs)
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=0.01)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=0.01)
+    assert scores["exact_match"] == 1.0  # case-insensitive
+
+
+def test_load_dev_names_a_missing_field(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps([DEV[0], {"History": [], "Question": "q"}]))
+    with pytest.raises(ValueError, match=r"record 1: field 'Rewrite'"):
+        canard.load_dev(path)
+    path.write_text(json.dumps(DEV))
+    assert len(canard.load_dev(path, max_dev=1)) == 1
+
+
+def test_evaluate_an_export_reports_the_copy_baseline_on_the_same_rows(tmp_path, tiny_backbone):
+    from lightning_modules.query_rewriter import QueryRewriter
+
+    torch.manual_seed(0)
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone),
+        init="t5_config",
+        t5_config={"d_model": 16, "d_ff": 32, "d_kv": 4, "num_heads": 2, "num_layers": 1},
+        num_beams=1,
+        max_new_tokens=6,
+    )
+    export = module.export(tmp_path / "export")
+    results, samples = canard.evaluate(export, DEV, ["title_questions", "full"], batch_size=2)
+    copy = sacrebleu.corpus_bleu([r["Question"] for r in DEV], [[r["Rewrite"] for r in DEV]])
+    assert results["copy"]["bleu"] == pytest.approx(copy.score, abs=0.01)
+    assert set(results) == {"copy", "title_questions", "full"}
+    assert [s["question"] for s in samples["full"]] == [r["Question"] for r in DEV]
