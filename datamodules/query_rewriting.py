@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.feedback import OnInvalid, ParseReport
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
-from datamodules.split import is_validation_query, normalise_query
+from datamodules.split import drop_held_out, split_by_hash
 
 log = logging.getLogger(__name__)
 
@@ -341,21 +341,23 @@ class QueryRewritingDataModule(L.LightningDataModule):
         pairs = self._load("train", self.train_files) if self.train_files else []
         if self.val_files:
             self.val_pairs = self._load("validation", self.val_files)
-            held_out = {normalise_query(p.source) for p in self.val_pairs}
-            self.train_pairs = [p for p in pairs if normalise_query(p.source) not in held_out]
+            self.train_pairs = drop_held_out(
+                pairs, (p.source for p in self.val_pairs), lambda p: p.source
+            )
             if len(self.train_pairs) < len(pairs):
                 log.info(
                     "Dropped %d training pairs whose question is in val_files",
                     len(pairs) - len(self.train_pairs),
                 )
         else:
-            self.train_pairs, self.val_pairs = [], []
-            for p in pairs:
-                # A conversation/session stays on one side: its records share context and
-                # targets. Without one, the question itself is the key.
-                key = f"session\x1f{p.session_id}" if p.session_id else p.source
-                side = is_validation_query(key, self.validation_fraction, self.split_salt)
-                (self.val_pairs if side else self.train_pairs).append(p)
+            # A conversation/session stays on one side: its records share context and targets.
+            # Without one, the question itself is the key.
+            self.train_pairs, self.val_pairs = split_by_hash(
+                pairs,
+                lambda p: f"session\x1f{p.session_id}" if p.session_id else p.source,
+                self.validation_fraction,
+                self.split_salt,
+            )
         if self.max_val_pairs is not None and len(self.val_pairs) > self.max_val_pairs:
             # A fixed subset (by hash, not by position) so every run validates on the same pairs.
             from datamodules.split import query_bucket

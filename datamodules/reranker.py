@@ -19,7 +19,7 @@ from datamodules.feedback import (
     load_reranker_feedback,
     render_document,
 )
-from datamodules.split import is_validation_query, normalise_query
+from datamodules.split import drop_held_out, split_by_hash
 
 log = logging.getLogger(__name__)
 
@@ -240,18 +240,16 @@ class RerankerDataModule(L.LightningDataModule):
         records = self._load("train", self.train_files) if self.train_files else []
         if self.val_files:
             self.val_records = self._load("validation", self.val_files)
-            held_out = {normalise_query(r.query) for r in self.val_records}
-            train = [r for r in records if normalise_query(r.query) not in held_out]
+            train = drop_held_out(records, (r.query for r in self.val_records), lambda r: r.query)
             if len(train) < len(records):
                 log.info(
                     "Dropped %d training records whose query is in val_files",
                     len(records) - len(train),
                 )
         else:
-            train, self.val_records = [], []
-            for r in records:
-                side = is_validation_query(r.query, self.validation_fraction, self.split_salt)
-                (self.val_records if side else train).append(r)
+            train, self.val_records = split_by_hash(
+                records, lambda r: r.query, self.validation_fraction, self.split_salt
+            )
         if self.train_on_uniform_lists:
             self.train_records = train
         else:

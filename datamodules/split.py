@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 _WHITESPACE = re.compile(r"\s+")
+T = TypeVar("T")
 
 
 def normalise_query(query: str) -> str:
@@ -29,3 +32,21 @@ def is_validation_query(query: str, validation_fraction: float, salt: str = "") 
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     return query_bucket(query, salt) < validation_fraction
+
+
+def split_by_hash(
+    items: Iterable[T], key: Callable[[T], str], validation_fraction: float, salt: str = ""
+) -> tuple[list[T], list[T]]:
+    """``(train, validation)``: each item's side is decided by the hash of ``key(item)``."""
+    train: list[T] = []
+    validation: list[T] = []
+    for item in items:
+        is_val = is_validation_query(key(item), validation_fraction, salt)
+        (validation if is_val else train).append(item)
+    return train, validation
+
+
+def drop_held_out(items: Sequence[T], held_out: Iterable[str], key: Callable[[T], str]) -> list[T]:
+    """``items`` without those whose normalised ``key`` is among the ``held_out`` texts."""
+    held = {normalise_query(text) for text in held_out}
+    return [item for item in items if normalise_query(key(item)) not in held]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,20 +33,19 @@ from transformers import (
     EncoderDecoderModel,
     T5Config,
     T5ForConditionalGeneration,
-    get_linear_schedule_with_warmup,
 )
 
 from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
+from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)
 
 Init = Literal["pretrained", "t5_config", "encoder_decoder"]
 CrossAttentionInit = Literal["self_attention", "random"]
-_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 class RewriteMetrics(nn.Module):
@@ -392,21 +390,9 @@ class QueryRewriter(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if any(n in name for n in _NO_DECAY) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.learning_rate,
+        return adamw_with_linear_warmup(
+            self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(math.ceil(self.warmup_ratio * total))
-        schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- export ----------------------------------------------------------------------------
 

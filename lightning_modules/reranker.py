@@ -21,7 +21,6 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    get_linear_schedule_with_warmup,
 )
 
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
@@ -30,9 +29,7 @@ from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
-
-# Parameters that AdamW should not decay (the usual BERT recipe).
-_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+from lightning_modules.optim import adamw_with_linear_warmup
 
 
 class RerankerModule(L.LightningModule):
@@ -169,22 +166,9 @@ class RerankerModule(L.LightningModule):
         return out
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if any(n in name for n in _NO_DECAY) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.learning_rate,
+        return adamw_with_linear_warmup(
+            self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(math.ceil(self.warmup_ratio * total))
-        schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- export ----------------------------------------------------------------------------
 

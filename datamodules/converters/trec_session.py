@@ -71,6 +71,18 @@ def read_trec_session(path: str | Path) -> list[dict[str, Any]]:
     return read_json_rows(path)
 
 
+def result_url(result: dict[str, Any], report: ConversionReport) -> str | None:
+    """A result's url; ``clueweb12://{id}`` when it has none; ``None`` (counted) without both."""
+    url = (result.get("url") or "").strip()
+    if url:
+        return url
+    doc_id = (result.get("clueweb12id") or "").strip()
+    if not doc_id:
+        report.drop("result with neither url nor clueweb12id")
+        return None
+    return f"clueweb12://{doc_id}"
+
+
 def convert_trec_session(
     rows: Iterable[dict[str, Any]],
     *,
@@ -95,13 +107,9 @@ def convert_trec_session(
             if not title and not snippet:
                 report.drop("result with neither title nor snippet")
                 continue
-            url = (result.get("url") or "").strip()
-            if not url:
-                doc_id = (result.get("clueweb12id") or "").strip()
-                if not doc_id:
-                    report.drop("result with neither url nor clueweb12id")
-                    continue
-                url = f"clueweb12://{doc_id}"
+            url = result_url(result, report)
+            if url is None:
+                continue
             clicked = result.get("clicked")
             if clicked not in (0, 1):
                 raise ValueError(f"{query_id}: rank {result['rank']}: clicked is {clicked!r}")

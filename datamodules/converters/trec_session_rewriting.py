@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.converters import ConversionReport, read_json_rows
-from datamodules.converters.trec_session import clean_text
+from datamodules.converters.trec_session import clean_text, result_url
 from datamodules.feedback import FeedbackError
 from datamodules.split import normalise_query
 
@@ -97,13 +97,9 @@ def _clean_interaction(row: dict[str, Any], report: ConversionReport) -> _Intera
             if click:
                 report.drop("click on a result with neither title nor snippet")
             continue
-        url = (result.get("url") or "").strip()
-        if not url:
-            doc_id = (result.get("clueweb12id") or "").strip()
-            if not doc_id:
-                report.drop("result with neither url nor clueweb12id")
-                continue
-            url = f"clueweb12://{doc_id}"
+        url = result_url(result, report)
+        if url is None:
+            continue
         if url in seen:
             report.drop("repeated url in a result list (first occurrence kept)")
         else:
