@@ -314,12 +314,21 @@ class QueryRewriter(L.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         model = self.metrics[f"{stage}_model"].compute()
         copy = self.metrics[f"{stage}_copy"].compute()
-        self.log(f"{stage}/bleu", model.pop("bleu"), prog_bar=True)
-        logged = {f"{stage}/{k}": v for k, v in model.items()}
-        for name, value in copy.items():
-            logged[f"{stage}/copy/{name}"] = value
-        full = self.metrics[f"{stage}_model"].compute()
-        for name, value in full.items():
+        if model["bleu"] < copy["bleu"] and not (self.trainer and self.trainer.sanity_checking):
+            # The baseline the app already has: a rewriter below it should not replace it.
+            log.warning(
+                "%s BLEU %.2f is below the copy baseline's %.2f: this model rewrites worse than "
+                "leaving the question unchanged",
+                stage,
+                float(model["bleu"]),
+                float(copy["bleu"]),
+            )
+        self.log(f"{stage}/bleu", model["bleu"], prog_bar=True)
+        logged = {}
+        for name, value in model.items():
+            if name != "bleu":
+                logged[f"{stage}/{name}"] = value
+            logged[f"{stage}/copy/{name}"] = copy[name]
             logged[f"{stage}/lift/{name}"] = value - copy[name]
         self.log_dict(logged)
         self._log_samples(stage)
