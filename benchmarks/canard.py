@@ -24,7 +24,7 @@ and ``full`` (with section and answers) as secondary rows.
 
 Usage::
 
-    python benchmarks/canard.py --budget-minutes 30 --output-json benchmarks/results/canard.json
+    python benchmarks/canard.py --output-json benchmarks/results/canard_offline.json  # 40 min
     python benchmarks/canard.py --export logs/canard/version_0/export     # evaluate only
     python benchmarks/canard.py --export DIR --max-dev 200                # smoke run
 """
@@ -163,12 +163,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dev", type=Path, default=DEFAULT_DEV, help="CANARD dev.json (test)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--export", type=Path, help="evaluate this export; no training")
-    parser.add_argument("--budget-minutes", type=int, default=30, help="training time limit")
+    parser.add_argument("--budget-minutes", type=int, default=40, help="training time limit")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--validation-fraction", type=float, default=0.02)
-    parser.add_argument("--max-val-pairs", type=int, default=300)
-    parser.add_argument("--val-check-interval", type=int, default=250, help="training steps")
+    parser.add_argument("--max-val-pairs", type=int, default=200)
+    parser.add_argument("--val-check-interval", type=int, default=500, help="training steps")
     parser.add_argument("--log-dir", type=Path, default=Path("logs"))
     parser.add_argument(
         "--fit-arg", action="append", default=[], help="extra main.py fit argument (repeatable)"
