@@ -185,6 +185,11 @@ class QueryRewriter(L.LightningModule):
         restore_surface: respell uncased output from the question and history (see
             :mod:`lightning_modules.surface`); ``None``: only for tokenizers that lowercase.
         num_logged_samples: validation rewrites sent to the logger each epoch.
+        dropout: ``true``/``false`` switches the network's dropout on/off for training. ``null``
+            leaves it as transformers builds it: off for loaded checkpoints (``pretrained``,
+            ``encoder_decoder``: ``from_pretrained`` returns eval mode, and Lightning keeps a
+            submodule's mode), on for a T5 built from a config. The CANARD figures were
+            measured that way.
         trust_remote_code: allow a hub model to run its own code. Off unless you opt in.
     """
 
@@ -208,6 +213,7 @@ class QueryRewriter(L.LightningModule):
         num_return_sequences: int = 3,
         restore_surface: bool | None = None,
         num_logged_samples: int = 8,
+        dropout: bool | None = None,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
@@ -225,6 +231,8 @@ class QueryRewriter(L.LightningModule):
             trust_remote_code,
             cross_attention_init,
         )
+        if dropout is not None:
+            self.model.train(dropout)
         generation = self.model.generation_config
         generation.num_beams = num_beams
         generation.max_new_tokens = max_new_tokens

@@ -208,3 +208,23 @@ def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
     for item in out:
         assert 1 <= len(item["rewrites"]) <= 3
         assert len(set(item["rewrites"])) == len(item["rewrites"])
+
+
+@pytest.mark.parametrize(
+    ("init", "dropout", "expected"),
+    [
+        ("encoder_decoder", None, False),  # from_pretrained: eval mode, as transformers leaves it
+        ("encoder_decoder", True, True),
+        ("t5_config", None, True),  # built from a config: train mode
+        ("t5_config", False, False),
+    ],
+)
+def test_dropout_mode_in_training(tiny_backbone, init, dropout, expected):
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone),
+        init=init,
+        t5_config=TINY_T5 if init == "t5_config" else None,
+        dropout=dropout,
+    )
+    modes = {m.training for m in module.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert modes == {expected}
