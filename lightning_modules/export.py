@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -41,6 +42,22 @@ def write_atomically(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def export_folder(
+    target: str | Path,
+    save_model: Callable[[Path], None],
+    metadata: dict,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``save_model(folder)`` and :data:`EXPORT_METADATA_FILE` atomically to ``target``."""
+
+    def write(folder: Path) -> None:
+        save_model(folder)
+        (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    return write_atomically(Path(target), write, overwrite=overwrite)
 
 
 def save_sentence_transformer(

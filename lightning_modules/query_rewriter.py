@@ -38,7 +38,7 @@ from transformers import (
 from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
-from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
+from lightning_modules.export import EXPORT_METADATA_FILE, export_folder
 from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
@@ -439,13 +439,13 @@ class QueryRewriter(L.LightningModule):
         prefix, history) and post-processing in ``feedback_finetuning.json``.
         """
 
-        def write(folder: Path) -> None:
+        def save_model(folder: Path) -> None:
             self.model.save_pretrained(folder, safe_serialization=True)
             self.tokenizer.save_pretrained(folder)
-            metadata = self.export_metadata(datamodule)
-            (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
-        return write_atomically(Path(export_dir), write, overwrite=overwrite)
+        return export_folder(
+            export_dir, save_model, self.export_metadata(datamodule), overwrite=overwrite
+        )
 
 
 class ExportedQueryRewriter:

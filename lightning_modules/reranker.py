@@ -9,7 +9,6 @@ scored and how the model is written out.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from transformers import (
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
-from lightning_modules.export import EXPORT_METADATA_FILE, write_atomically
+from lightning_modules.export import export_folder
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
@@ -194,13 +193,12 @@ class RerankerModule(L.LightningModule):
         same way.
         """
         document_template = getattr(datamodule, "document_template", DEFAULT_DOCUMENT_TEMPLATE)
-
-        def write(folder: Path) -> None:
-            self._save_model(folder)
-            metadata = self.export_metadata(document_template)
-            (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-
-        return write_atomically(Path(export_dir), write, overwrite=overwrite)
+        return export_folder(
+            export_dir,
+            self._save_model,
+            self.export_metadata(document_template),
+            overwrite=overwrite,
+        )
 
 
 class CrossEncoderReranker(RerankerModule):
