@@ -1,8 +1,13 @@
-"""Command line: ``python main.py {fit,validate,test,predict,export} --config configs/....yaml``."""
+"""Command line: ``python main.py {fit,validate,test,predict,export} --config configs/....yaml``.
+
+``python main.py compare [log folders]`` prints a table of finished runs (see
+:mod:`lightning_modules.compare`).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -47,8 +52,13 @@ class FeedbackCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
 
-def main(args: list[str] | None = None) -> FeedbackCLI:
+def main(args: list[str] | None = None) -> FeedbackCLI | int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["compare"]:  # reads finished runs' logs: no model, no trainer
+        from lightning_modules.compare import main as compare
+
+        return compare(argv[1:])
     return FeedbackCLI(
         trainer_class=FeedbackTrainer,
         save_config_kwargs={"overwrite": True},
@@ -57,4 +67,6 @@ def main(args: list[str] | None = None) -> FeedbackCLI:
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    if isinstance(result, int):
+        sys.exit(result)

@@ -105,7 +105,7 @@ def run_cli(*args):
 
 
 def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
-    tmp_path, tiny_backbone, data_files, caplog
+    tmp_path, tiny_backbone, data_files, caplog, capsys
 ):
     app, pairs = data_files
     before = {p: p.read_bytes() for p in (app, pairs)}
@@ -138,6 +138,11 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
         json.loads(samples[0].read_text().split("\n")[0])
     )
     assert (Path(cli.trainer.log_dir) / "export" / EXPORT_METADATA_FILE).exists()
+    # The run's own logs are enough to compare it offline.
+    capsys.readouterr()
+    assert run_cli("compare", tmp_path / "logs") == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert "val/bleu" in row and f"{float(logged['val/copy/bleu']):.4f}" in row
 
     (ckpt,) = [p for p in (tmp_path / "logs").rglob("*.ckpt") if p.name != "last.ckpt"]
     export_dir = tmp_path / "exported"
