@@ -287,8 +287,13 @@ class QueryRewriter(L.LightningModule):
     # -- training --------------------------------------------------------------------------
 
     def forward(self, batch: RewriteBatch) -> torch.Tensor:
+        # Decoder inputs are made from the labels here rather than by passing ``labels=``, which
+        # would make transformers compute a second cross-entropy over the whole vocabulary.
+        decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch.labels)
         logits = self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=decoder_input_ids,
         ).logits
         return nn.functional.cross_entropy(
             logits.float().flatten(0, 1),

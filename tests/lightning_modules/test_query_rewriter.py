@@ -110,6 +110,22 @@ def test_t5_from_config_uses_the_tokenizer_and_learns_a_batch(tiny_backbone):
     assert module.rewrite(batch) == [p.target for p in PAIRS]
 
 
+@pytest.mark.parametrize("init", ["t5_config", "encoder_decoder"])
+def test_loss_is_the_models_own_cross_entropy(tiny_backbone, init):
+    # The module builds decoder inputs itself; the loss must equal transformers' own.
+    torch.manual_seed(0)
+    module = QueryRewriter(
+        model_name_or_path=str(tiny_backbone),
+        init=init,
+        t5_config=TINY_T5 if init == "t5_config" else None,
+    ).eval()
+    batch = batch_of(module, PAIRS)
+    reference = module.model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+    ).loss
+    assert module(batch).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
 def test_vocab_smaller_than_the_tokenizer_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="vocab_size"):
         QueryRewriter(
