@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -52,7 +53,25 @@ class ExportBestModel(L.Callback):
         print(f"Exported the fine-tuned model to {target}")
 
 
-class RerankingWriter(BasePredictionWriter):
+class _PredictionFolderWriter(BasePredictionWriter):
+    """Writes ``predict`` results once, at the end, into a fresh folder (atomically).
+
+    Args:
+        output_dir: where to write; default ``<log dir>/predictions``, fresh for every run.
+        overwrite: replace ``output_dir`` if it exists.
+    """
+
+    def __init__(self, output_dir: str | None = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+
+    def _write_folder(self, trainer: L.Trainer, write: Callable[[Path], None]) -> Path:
+        target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
+        return write_atomically(target, write, overwrite=self.overwrite)
+
+
+class RerankingWriter(_PredictionFolderWriter):
     """Writes ``predict`` results: the reranked feedback JSON and a TREC run file.
 
     ``reranked.json`` is the input in the app's format with ``all_sources`` reordered best
@@ -72,10 +91,8 @@ class RerankingWriter(BasePredictionWriter):
         tag: str = "feedback-finetuning",
         overwrite: bool = False,
     ) -> None:
-        super().__init__(write_interval="epoch")
-        self.output_dir = output_dir
+        super().__init__(output_dir, overwrite)
         self.tag = tag
-        self.overwrite = overwrite
 
     def write_on_epoch_end(
         self,
@@ -117,12 +134,11 @@ class RerankingWriter(BasePredictionWriter):
             )
             (folder / "run.trec").write_text("\n".join(lines) + "\n")
 
-        target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
-        write_atomically(target, write, overwrite=self.overwrite)
+        target = self._write_folder(trainer, write)
         print(f"Wrote {len(results)} reranked queries to {target}")
 
 
-class RewriteWriter(BasePredictionWriter):
+class RewriteWriter(_PredictionFolderWriter):
     """Writes ``predict`` results of the query rewriter: ``rewrites.jsonl``, one line a question.
 
     Each line is ``{"question", "history", "rewrites": [best, ...]}`` in input order, with the
@@ -133,11 +149,6 @@ class RewriteWriter(BasePredictionWriter):
         output_dir: where to write; default ``<log dir>/predictions``, fresh for every run.
         overwrite: replace ``output_dir`` if it exists.
     """
-
-    def __init__(self, output_dir: str | None = None, overwrite: bool = False) -> None:
-        super().__init__(write_interval="epoch")
-        self.output_dir = output_dir
-        self.overwrite = overwrite
 
     def write_on_epoch_end(
         self,
@@ -160,6 +171,5 @@ class RewriteWriter(BasePredictionWriter):
                     }
                     handle.write(json.dumps(line, ensure_ascii=False) + "\n")
 
-        target = Path(self.output_dir or Path(trainer.log_dir or ".") / "predictions")
-        write_atomically(target, write, overwrite=self.overwrite)
+        target = self._write_folder(trainer, write)
         print(f"Wrote rewrites of {len(results)} questions to {target}")
