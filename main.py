@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.callbacks import load_weights
+from lightning_modules.loggers import FeedbackWandbLogger, describe_run
 
 
 class FeedbackTrainer(L.Trainer):
@@ -44,12 +47,40 @@ class FeedbackTrainer(L.Trainer):
         return target
 
 
+class SaveAndLogConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` next to the logs (Lightning's default) and sends the same full,
+    resolved config to every W&B run, so that a dashboard can filter and group by any knob."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config.pop("config", None)  # the paths of the YAML files, not a setting
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(config, allow_val_change=True)
+
+
 class FeedbackCLI(LightningCLI):
-    """LightningCLI with ``export`` next to fit/validate/test/predict."""
+    """LightningCLI with ``export`` next to fit/validate/test/predict, and W&B runs described
+    by their config."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        wandb_loggers = [
+            logger
+            for logger in getattr(self.trainer, "loggers", [])
+            if isinstance(logger, FeedbackWandbLogger)
+        ]
+        if not wandb_loggers:
+            return
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config_files = [str(path) for path in (config.get("config") or [])]
+        description = describe_run(config.as_dict(), config_files)
+        for logger in wandb_loggers:
+            logger.describe(description, job_type=self.subcommand)
 
 
 def main(args: list[str] | None = None) -> FeedbackCLI | int:
@@ -59,11 +90,26 @@ def main(args: list[str] | None = None) -> FeedbackCLI | int:
         from lightning_modules.compare import main as compare
 
         return compare(argv[1:])
-    return FeedbackCLI(
-        trainer_class=FeedbackTrainer,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        cli = FeedbackCLI(
+            trainer_class=FeedbackTrainer,
+            save_config_callback=SaveAndLogConfig,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except BaseException:
+        _finish_wandb_run(exit_code=1)
+        raise
+    _finish_wandb_run(exit_code=0)
+    return cli
+
+
+def _finish_wandb_run(exit_code: int) -> None:
+    """Close the W&B run this command opened, so that the next command in the same process
+    (a notebook, a test) starts its own run instead of appending to this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 if __name__ == "__main__":

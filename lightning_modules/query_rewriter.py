@@ -39,6 +39,7 @@ from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder
+from lightning_modules.loggers import log_examples
 from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
@@ -321,7 +322,12 @@ class QueryRewriter(L.LightningModule):
         room = self.num_logged_samples - len(self._samples)
         for row in range(min(room, len(batch))):
             self._samples.append(
-                {"question": batch.sources[row], "target": targets[row], "rewrite": rewrites[row]}
+                {
+                    "history": " | ".join(batch.histories[row]),
+                    "question": batch.sources[row],
+                    "rewrite": rewrites[row],
+                    "target": targets[row],
+                }
             )
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -360,21 +366,9 @@ class QueryRewriter(L.LightningModule):
                 sample["rewrite"],
                 sample["target"],
             )
-        logger = self.logger
-        if logger is not None and hasattr(logger, "log_text"):  # e.g. WandbLogger: a table
-            columns = ["question", "rewrite", "target"]
-            logger.log_text(
-                key=f"{stage}/samples",
-                columns=columns,
-                data=[[s[c] for c in columns] for s in samples],
-            )
-        elif self.trainer.log_dir is not None and self.trainer.is_global_zero:
-            folder = Path(self.trainer.log_dir) / "samples"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{stage}_epoch{self.current_epoch}_step{self.global_step}.jsonl"
-            with open(folder / name, "w", encoding="utf-8") as handle:
-                for sample in samples:
-                    handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        columns = ["history", "question", "rewrite", "target"]
+        rows = [[sample[c] for c in columns] for sample in samples]
+        log_examples(self, f"{stage}/samples", columns, rows)
 
     def validation_step(self, batch: RewriteBatch, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val")

@@ -26,6 +26,7 @@ from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInp
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import export_folder
+from lightning_modules.loggers import log_examples
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
@@ -46,6 +47,8 @@ class RerankerModule(L.LightningModule):
         max_query_length: token budget of a query.
         trust_remote_code: allow a hub model to run its own Python code (e.g.
             ``jinaai/jina-reranker-v1-turbo-en``). Off unless you opt in.
+        num_logged_examples: evaluation queries whose reranked list (the user's picks marked)
+            is sent to the loggers each epoch: a W&B table, and ``samples/*.jsonl``.
     """
 
     architecture: str = ""
@@ -60,6 +63,7 @@ class RerankerModule(L.LightningModule):
         max_length: int = 256,
         max_query_length: int = 64,
         trust_remote_code: bool = False,
+        num_logged_examples: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
@@ -72,6 +76,9 @@ class RerankerModule(L.LightningModule):
         self.max_length = max_length
         self.max_query_length = max_query_length
         self.trust_remote_code = trust_remote_code
+        self.num_logged_examples = num_logged_examples
+        # (record index, display positions, scores) of the first evaluation lists of an epoch
+        self._examples: list[tuple[int, list[int], list[float]]] = []
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=trust_remote_code
         )
@@ -121,6 +128,12 @@ class RerankerModule(L.LightningModule):
         getattr(self, f"{stage}_display_metrics").update_lists(
             batch.display_scores, batch.labels, batch.mask, batch.record_index
         )
+        room = self.num_logged_examples - len(self._examples)
+        if room > 0:
+            cpu_scores = scores.detach().float().cpu()
+            for row, positions in enumerate(batch.positions[:room]):
+                row_scores = cpu_scores[row, : len(positions)].tolist()
+                self._examples.append((int(batch.record_index[row]), positions, row_scores))
 
     def _eval_epoch_end(self, stage: str) -> None:
         model = getattr(self, f"{stage}_metrics")
@@ -136,6 +149,27 @@ class RerankerModule(L.LightningModule):
         self.log_dict(logged)
         model.reset()
         display.reset()
+        self._log_examples(stage)
+
+    def _log_examples(self, stage: str) -> None:
+        """The first evaluation lists as the model reranked them, the user's picks marked."""
+        examples, self._examples = self._examples, []
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        records = getattr(datamodule, f"{stage}_records", None)
+        if not examples or not records:
+            return
+        columns = ["query", "rank", "shown_rank", "picked", "score", "title", "url"]
+        rows = []
+        for record_index, positions, scores in examples:
+            record = records[record_index]
+            order = sorted(range(len(positions)), key=lambda i: -scores[i])
+            for rank, i in enumerate(order, start=1):
+                position = positions[i]
+                source = record.sources[position]
+                picked = "✓" if record.grades[position] > 0 else ""
+                row = [record.query, rank, position + 1, picked, round(scores[i], 4)]
+                rows.append([*row, source.title, source.url])
+        log_examples(self, f"{stage}/examples", columns, rows)
 
     def validation_step(self, batch: RerankBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

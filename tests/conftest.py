@@ -96,3 +96,85 @@ def feedback_file(tmp_path) -> Path:
     path = tmp_path / "reranker_training_data.json"
     path.write_text(json.dumps({"reranker_data": records}))
     return path
+
+
+@pytest.fixture(autouse=True)
+def wandb_sandbox(tmp_path_factory, monkeypatch):
+    """W&B in tests: disabled unless a test asks for offline; never the network, never a login
+    prompt, never the user's home (its settings and caches live in a temporary folder)."""
+    root = tmp_path_factory.getbasetemp() / "wandb_home"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_DIR"):
+        monkeypatch.setenv(variable, str(root / variable.lower()))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(root / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def point_loggers_at(config: dict, folder: Path) -> None:
+    """Send every logger of a loaded YAML config (one or a list) to ``folder``."""
+    loggers = config["trainer"]["logger"]
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        logger.setdefault("init_args", {})["save_dir"] = str(folder)
+
+
+def _read_wandb_run(run_file: Path) -> dict:
+    """Decode an offline run's ``run-<id>.wandb`` file (LevelDB log framing of protobuf
+    records) into its run record, config updates and history rows.
+
+    wandb >= 0.2x writes these from its Go core and ships no Python reader; the framing is
+    LevelDB's: 32 KiB blocks of chunks ``crc32 | length (2 bytes, LE) | type | payload``
+    (type 1 whole, 2 first, 3 middle, 4 last), after a 7-byte ``:W&B`` file header.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", f"{run_file} is not a W&B run file"
+    block, offset, pending, payloads = 32768, 7, b"", []
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # a block's tail too short for a header is padding
+            offset += block - offset % block
+            continue
+        length = int.from_bytes(data[offset + 4 : offset + 6], "little")
+        kind = data[offset + 6]
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            payloads.append(pending)
+    run, config, history = None, {}, []
+    for payload in payloads:
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            config.update({item.key: json.loads(item.value_json) for item in run.config.update})
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "history":
+            row: dict = {}
+            for item in record.history.item:
+                path = [item.key] if item.key else list(item.nested_key)
+                parent = row
+                for part in path[:-1]:  # e.g. a table: ["val/examples", "nrows"]
+                    parent = parent.setdefault(part, {})
+                parent[path[-1]] = json.loads(item.value_json)
+            history.append(row)
+    assert run is not None, f"{run_file} holds no run record"
+    return {
+        "name": run.display_name,
+        "tags": list(run.tags),
+        "group": run.run_group,
+        "job_type": run.job_type,
+        "project": run.project,
+        "config": config,
+        "history": history,
+    }
+
+
+@pytest.fixture
+def read_wandb_run():
+    return _read_wandb_run

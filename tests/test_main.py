@@ -16,6 +16,7 @@ from datamodules.reranker import RerankerDataModule
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
+from tests.conftest import point_loggers_at
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
@@ -31,7 +32,7 @@ def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> P
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    point_loggers_at(config, tmp_path / "logs")
     config["model"] = {
         "class_path": f"lightning_modules.reranker.{MODULES[kind].__name__}",
         "init_args": {

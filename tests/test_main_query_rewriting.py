@@ -16,6 +16,7 @@ from datamodules.query_rewriting import QueryRewritingDataModule, RewriteInputFo
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter
+from tests.conftest import point_loggers_at
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_T5 = {
@@ -78,7 +79,7 @@ def write_config(tmp_path: Path, backbone: Path, files: list[Path]) -> Path:
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    point_loggers_at(config, tmp_path / "logs")
     config["model"]["init_args"] = {
         "model_name_or_path": str(backbone),
         "init": "t5_config",
