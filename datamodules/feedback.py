@@ -17,10 +17,13 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from datamodules.split import normalise_query
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,12 @@ class RerankerRecord:
         return any(g > 0 for g in self.grades)
 
     @property
+    def content_key(self) -> Hashable:
+        """Equal for repeats: the same query (normalised) shown the same sources, same picks."""
+        urls = tuple(source.url for source in self.sources)
+        return normalise_query(self.query), urls, self.grades, self.judged
+
+    @property
     def has_contrast(self) -> bool:
         """True when the judged grades differ, i.e. the list can teach a ranking loss."""
         return len({g for g, j in zip(self.grades, self.judged, strict=True) if j}) > 1
@@ -121,6 +130,8 @@ class ParseReport:
     examples: list[str] = field(default_factory=list)
     # Valid records left out because they cannot teach anything (see RecordFiltered), by reason.
     filtered: Counter = field(default_factory=Counter)
+    # Repeats of an earlier record (same content key) left out; the first one is kept.
+    duplicates: int = 0
 
     def drop(self, error: FeedbackError, max_examples: int = 5) -> None:
         self.dropped[error.reason if error.field is None else f"{error.field}: {error.reason}"] += 1
@@ -137,6 +148,8 @@ class ParseReport:
 
     def summary(self) -> str:
         text = f"read {self.read} records from {len(self.files)} file(s), kept {self.kept}"
+        if self.duplicates:
+            text += f", dropped {self.duplicates} duplicate(s)"
         if self.n_filtered:
             reasons = "; ".join(f"{n} x {reason}" for reason, n in self.filtered.most_common())
             text += f", filtered {self.n_filtered} ({reasons})"
@@ -260,23 +273,34 @@ def load_feedback(
     top_key: str,
     parse_record: Callable[[Any, str, int], RecordT],
     on_invalid: OnInvalid = "error",
+    dedupe_key: Callable[[RecordT], Hashable] | None = None,
 ) -> tuple[list[RecordT], ParseReport]:
     """Read every record of every file with ``parse_record(raw, file, index)``.
 
     ``parse_record`` raises :class:`FeedbackError` for a bad record; ``on_invalid`` decides
     whether that stops the load (``"error"``) or drops the record and counts it (``"skip"``).
     It raises :class:`RecordFiltered` for a valid record without training signal, which is
-    left out and counted in ``report.filtered`` whatever ``on_invalid`` says.
+    left out and counted in ``report.filtered`` whatever ``on_invalid`` says. With
+    ``dedupe_key``, a record whose key was seen before (in any file of this load) is a repeat:
+    the first is kept, the others are counted in ``report.duplicates``.
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     report = ParseReport()
     records: list[RecordT] = []
+    seen: set[Hashable] = set()
     for path in discover_feedback_files(paths):
         report.files.append(str(path))
         for index, raw in iter_raw_records(path, top_key, report, on_invalid):
             try:
-                records.append(parse_record(raw, str(path), index))
+                record = parse_record(raw, str(path), index)
+                if dedupe_key is not None:
+                    key = dedupe_key(record)
+                    if key in seen:
+                        report.duplicates += 1
+                        continue
+                    seen.add(key)
+                records.append(record)
             except RecordFiltered as filtered:
                 report.filtered[filtered.reason] += 1
             except FeedbackError as error:
@@ -316,6 +340,39 @@ def require_str(
     if non_empty and not value.strip():
         raise FeedbackError("empty", file=file, record=index, field=name)
     return value
+
+
+def parse_timestamp(value: Any, *, file: str, index: int, field: str = "timestamp") -> datetime:
+    """An ISO 8601 time (``2025-07-19T10:00:00``, with ``Z`` or an offset, or a date alone) as
+    an aware datetime; times without an offset are taken as UTC."""
+    if value is None:
+        raise FeedbackError(
+            "missing (the time split needs it)", file=file, record=index, field=field
+        )
+    if not isinstance(value, str):
+        raise FeedbackError(
+            f"expected an ISO 8601 string, got {_type_name(value)}",
+            file=file,
+            record=index,
+            field=field,
+        )
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise FeedbackError(
+            f"not an ISO 8601 time: {value!r}", file=file, record=index, field=field
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def record_time(record: Any) -> datetime:
+    """The parsed ``timestamp`` of a loaded record (anything with ``timestamp`` and an
+    ``origin`` of the form ``file:index``)."""
+    file, _, index = record.origin.rpartition(":")
+    return parse_timestamp(record.timestamp, file=file, index=int(index) if index.isdigit() else -1)
 
 
 def optional_str(raw: dict, key: str, *, file: str, index: int, where: str = "") -> str | None:
@@ -398,7 +455,12 @@ def _url_list(raw: dict, key: str, positions: dict[str, list[int]], *, file: str
 
 
 def parse_reranker_record(
-    raw: Any, file: str, index: int, *, label_mode: LabelMode = "binary"
+    raw: Any,
+    file: str,
+    index: int,
+    *,
+    label_mode: LabelMode = "binary",
+    require_timestamp: bool = False,
 ) -> RerankerRecord:
     """Validate one app record and turn it into a :class:`RerankerRecord`.
 
@@ -408,6 +470,7 @@ def parse_reranker_record(
     negatives, they are unjudged (``judged[i] = False``). ``label_mode="binary"`` gives picks 1;
     ``"pick_order"`` grades picks by the order the user picked them (3, 2, 1, then 1). An
     optional ``relevance: {url: grade}`` overrides both for the urls it names.
+    ``require_timestamp`` (the time split) makes a missing or unreadable ``timestamp`` an error.
     """
     record = require_object(raw, file=file, index=index)
     query = require_str(record, "query", file=file, index=index)
@@ -485,12 +548,15 @@ def parse_reranker_record(
             record=index,
             field="query_id",
         )
+    timestamp = optional_str(record, "timestamp", file=file, index=index)
+    if require_timestamp:
+        parse_timestamp(record.get("timestamp"), file=file, index=index)
     return RerankerRecord(
         query=query,
         sources=sources,
         grades=tuple(grades),
         query_id=str(query_id) if query_id is not None else f"{Path(file).stem}:{index}",
-        timestamp=optional_str(record, "timestamp", file=file, index=index),
+        timestamp=timestamp,
         origin=f"{file}:{index}",
         judged=tuple(judged),
     )
@@ -501,13 +567,26 @@ def load_reranker_feedback(
     *,
     label_mode: LabelMode = "binary",
     on_invalid: OnInvalid = "error",
+    deduplicate: bool = False,
+    require_timestamp: bool = False,
 ) -> tuple[list[RerankerRecord], ParseReport]:
-    """Load ``reranker_training_data.json``-style feedback from files, directories or globs."""
+    """Load ``reranker_training_data.json``-style feedback from files, directories or globs.
+
+    ``deduplicate`` drops repeats (:attr:`RerankerRecord.content_key`), counted in the report.
+    """
 
     def parse(raw: Any, file: str, index: int) -> RerankerRecord:
-        return parse_reranker_record(raw, file, index, label_mode=label_mode)
+        return parse_reranker_record(
+            raw, file, index, label_mode=label_mode, require_timestamp=require_timestamp
+        )
 
-    return load_feedback(paths, top_key="reranker_data", parse_record=parse, on_invalid=on_invalid)
+    return load_feedback(
+        paths,
+        top_key="reranker_data",
+        parse_record=parse,
+        on_invalid=on_invalid,
+        dedupe_key=(lambda record: record.content_key) if deduplicate else None,
+    )
 
 
 def render_document(template: str, source: Source) -> str:

@@ -23,9 +23,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.feedback import OnInvalid, ParseReport
+from datamodules.feedback import OnInvalid, ParseReport, record_time
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
-from datamodules.split import drop_held_out, split_by_hash
+from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,12 @@ class QueryRewritingDataModule(L.LightningDataModule):
         test_files: data for ``main.py test`` (same metrics as validation).
         predict_files: questions to rewrite with ``main.py predict``: app records (their
             ``original_query``) or pairs-format lines (``target`` optional).
-        validation_fraction: share of questions (by hash) held out for validation.
+        validation_fraction: share of questions held out for validation.
+        split: ``hash`` (default, as above) or ``time``: the newest ``validation_fraction`` of
+            the pairs (by ``timestamp``) validate and all older ones train; every record then
+            needs a valid ISO 8601 ``timestamp`` (``on_invalid`` applies).
+        deduplicate: drop repeated pairs (the same normalised question, history and target),
+            counted in the load report; the first copy is kept.
         max_val_pairs: validation generates text (slow on a CPU): cap the validation set at this
             many pairs, chosen by hash so the same ones are kept every run. ``None``: all.
         split_salt: changes which questions are held out, reproducibly.
@@ -255,6 +260,8 @@ class QueryRewritingDataModule(L.LightningDataModule):
         test_files: list[str] | None = None,
         predict_files: list[str] | None = None,
         validation_fraction: float = 0.2,
+        split: SplitMode = "hash",
+        deduplicate: bool = True,
         max_val_pairs: int | None = None,
         split_salt: str = "",
         keep_unchanged: bool = True,
@@ -277,6 +284,8 @@ class QueryRewritingDataModule(L.LightningDataModule):
         self.test_files = test_files or []
         self.predict_files = predict_files or []
         self.validation_fraction = validation_fraction
+        self.split = split
+        self.deduplicate = deduplicate
         self.max_val_pairs = max_val_pairs
         self.split_salt = split_salt
         self.keep_unchanged = keep_unchanged
@@ -308,7 +317,11 @@ class QueryRewritingDataModule(L.LightningDataModule):
 
     def _load(self, name: str, files: list[str]) -> list[RewritePair]:
         pairs, report = load_rewriting_data(
-            files, keep_unchanged=self.keep_unchanged, on_invalid=self.on_invalid
+            files,
+            keep_unchanged=self.keep_unchanged,
+            on_invalid=self.on_invalid,
+            deduplicate=self.deduplicate,
+            require_timestamp=name == "train" and self.split == "time" and not self.val_files,
         )
         self.reports[name] = report
         return pairs
@@ -350,13 +363,15 @@ class QueryRewritingDataModule(L.LightningDataModule):
                     len(pairs) - len(self.train_pairs),
                 )
         else:
-            # A conversation/session stays on one side: its records share context and targets.
-            # Without one, the question itself is the key.
-            self.train_pairs, self.val_pairs = split_by_hash(
+            # Hash split: a conversation/session stays on one side, since its records share
+            # context and targets; without one, the question itself is the key.
+            self.train_pairs, self.val_pairs = split_train_validation(
                 pairs,
-                lambda p: f"session\x1f{p.session_id}" if p.session_id else p.source,
-                self.validation_fraction,
-                self.split_salt,
+                mode=self.split,
+                validation_fraction=self.validation_fraction,
+                key=lambda p: f"session\x1f{p.session_id}" if p.session_id else p.source,
+                time_of=record_time,
+                salt=self.split_salt,
             )
         if self.max_val_pairs is not None and len(self.val_pairs) > self.max_val_pairs:
             # A fixed subset (by hash, not by position) so every run validates on the same pairs.

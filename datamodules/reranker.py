@@ -17,9 +17,10 @@ from datamodules.feedback import (
     ParseReport,
     RerankerRecord,
     load_reranker_feedback,
+    record_time,
     render_document,
 )
-from datamodules.split import drop_held_out, split_by_hash
+from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,14 @@ class RerankerDataModule(L.LightningDataModule):
             drops any record whose query also appears here.
         test_files: feedback for ``main.py test`` (same metrics as validation).
         predict_files: feedback-format files to rerank with ``main.py predict``.
-        validation_fraction: share of queries (by hash) held out for validation.
-        split_salt: changes which queries are held out, reproducibly.
+        validation_fraction: share of queries held out for validation.
+        split: ``hash`` (default): a hash of each normalised query decides its side, stable as
+            feedback grows. ``time``: the newest ``validation_fraction`` of the records (by
+            ``timestamp``) validate and all older ones train, as a deployed model meets them;
+            every record then needs a valid ISO 8601 ``timestamp`` (``on_invalid`` applies).
+        deduplicate: drop repeated records (the same normalised query with the same sources
+            and the same picks), counted in the load report; the first copy is kept.
+        split_salt: changes which queries are held out by the hash split, reproducibly.
         label_mode: ``binary`` (picked = 1) or ``pick_order`` (1st/2nd/3rd pick = 3/2/1).
         on_invalid: ``error`` stops at the first bad record; ``skip`` drops and reports them.
         document_template: how a source becomes text, over ``{title}``, ``{snippet}``, ``{url}``.
@@ -170,6 +177,8 @@ class RerankerDataModule(L.LightningDataModule):
         test_files: list[str] | None = None,
         predict_files: list[str] | None = None,
         validation_fraction: float = 0.2,
+        split: SplitMode = "hash",
+        deduplicate: bool = True,
         split_salt: str = "",
         label_mode: LabelMode = "binary",
         on_invalid: OnInvalid = "error",
@@ -188,6 +197,8 @@ class RerankerDataModule(L.LightningDataModule):
         self.test_files = test_files or []
         self.predict_files = predict_files or []
         self.validation_fraction = validation_fraction
+        self.split = split
+        self.deduplicate = deduplicate
         self.split_salt = split_salt
         self.label_mode = label_mode
         self.on_invalid = on_invalid
@@ -209,7 +220,11 @@ class RerankerDataModule(L.LightningDataModule):
 
     def _load(self, name: str, files: list[str]) -> list[RerankerRecord]:
         records, report = load_reranker_feedback(
-            files, label_mode=self.label_mode, on_invalid=self.on_invalid
+            files,
+            label_mode=self.label_mode,
+            on_invalid=self.on_invalid,
+            deduplicate=self.deduplicate,
+            require_timestamp=name == "train" and self.split == "time" and not self.val_files,
         )
         self.reports[name] = report
         return records
@@ -247,8 +262,13 @@ class RerankerDataModule(L.LightningDataModule):
                     len(records) - len(train),
                 )
         else:
-            train, self.val_records = split_by_hash(
-                records, lambda r: r.query, self.validation_fraction, self.split_salt
+            train, self.val_records = split_train_validation(
+                records,
+                mode=self.split,
+                validation_fraction=self.validation_fraction,
+                key=lambda r: r.query,
+                time_of=record_time,
+                salt=self.split_salt,
             )
         if self.train_on_uniform_lists:
             self.train_records = train

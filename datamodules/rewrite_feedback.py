@@ -42,7 +42,7 @@ original query (``is_original=True``): the "do not rewrite" case, kept unless
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -56,6 +56,7 @@ from datamodules.feedback import (
     _type_name,
     load_feedback,
     optional_str,
+    parse_timestamp,
     require_list,
     require_object,
     require_str,
@@ -117,6 +118,12 @@ class RewritePair:
     origin: str = ""  # "file:index"
     is_original: bool = False  # target normalises to the source (the "do not rewrite" case)
     session_id: str | None = None  # conversation/session: kept on one side of the split
+    timestamp: str | None = None  # ISO 8601, from the app record or the pair line
+
+    @property
+    def content_key(self) -> Hashable:
+        """Equal for repeats: the same question (normalised), history and target."""
+        return normalise_query(self.source), self.history, self.target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +271,7 @@ def parse_rewrite_pair(
         origin=f"{file}:{index}",
         is_original=target is not None and normalise_query(source) == normalise_query(target),
         session_id=optional_str(record, "session_id", file=file, index=index),
+        timestamp=optional_str(record, "timestamp", file=file, index=index),
     )
 
 
@@ -288,6 +296,7 @@ def _parse_any(raw: Any, file: str, index: int, *, keep_unchanged: bool) -> Rewr
             origin=parsed.origin,
             is_original=mined.is_original,
             session_id=parsed.session_id,
+            timestamp=parsed.timestamp,
         )
     if any(key in record for key in PAIR_KEYS):
         pair = parse_rewrite_pair(record, file, index)
@@ -307,19 +316,32 @@ def load_rewriting_data(
     *,
     keep_unchanged: bool = True,
     on_invalid: OnInvalid = "error",
+    deduplicate: bool = False,
+    require_timestamp: bool = False,
 ) -> tuple[list[RewritePair], ParseReport]:
     """Load app records and pairs from files, directories or globs as :class:`RewritePair` s.
 
     App records become one pair each (source: the original query, target: the mined target,
     no history); records without signal are counted in ``report.filtered``. With
     ``keep_unchanged=False`` pairs whose target is the source (the original query won, or a
-    public pair that does not rewrite) are left out too, and counted there.
+    public pair that does not rewrite) are left out too, and counted there. ``deduplicate``
+    drops repeats (:attr:`RewritePair.content_key`); ``require_timestamp`` (the time split)
+    makes a missing or unreadable ``timestamp`` an error.
     """
 
     def parse(raw: Any, file: str, index: int) -> RewritePair:
-        return _parse_any(raw, file, index, keep_unchanged=keep_unchanged)
+        pair = _parse_any(raw, file, index, keep_unchanged=keep_unchanged)
+        if require_timestamp:
+            parse_timestamp(pair.timestamp, file=file, index=index)
+        return pair
 
-    pairs, report = load_feedback(paths, top_key=TOP_KEY, parse_record=parse, on_invalid=on_invalid)
+    pairs, report = load_feedback(
+        paths,
+        top_key=TOP_KEY,
+        parse_record=parse,
+        on_invalid=on_invalid,
+        dedupe_key=(lambda pair: pair.content_key) if deduplicate else None,
+    )
     n_unchanged = sum(p.is_original for p in pairs)
     log.info(
         "Query rewriting data: %d pairs (%d rewrites, %d unchanged)",

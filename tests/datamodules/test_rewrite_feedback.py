@@ -416,9 +416,14 @@ def test_load_mines_keeps_unchanged_and_filters_no_signal(tmp_path, caplog):
     path = write_json(tmp_path / "query_rewriting_training_data.json", records)
     with caplog.at_level(logging.INFO):
         pairs, report = load_rewriting_data(path)
+    when = "2025-07-01T10:00:00"  # the app record's timestamp travels with its pair
     assert pairs == [
-        RewritePair("cogs meaning", "what is cost of goods sold", (), f"{path.resolve()}:0"),
-        RewritePair("cogs meaning", "cogs meaning", (), f"{path.resolve()}:1", is_original=True),
+        RewritePair(
+            "cogs meaning", "what is cost of goods sold", (), f"{path.resolve()}:0", timestamp=when
+        ),
+        RewritePair(
+            "cogs meaning", "cogs meaning", (), f"{path.resolve()}:1", True, timestamp=when
+        ),
     ]
     assert report.read == 3 and report.kept == 2 and report.n_dropped == 0
     assert report.filtered == {FILTERED_NO_SIGNAL: 1}
