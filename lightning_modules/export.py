@@ -60,6 +60,31 @@ def export_folder(
     return write_atomically(Path(target), write, overwrite=overwrite)
 
 
+def read_export_metadata(folder: str | Path, architecture: str) -> dict:
+    """The metadata of an export this project wrote, checked to be of ``architecture``.
+
+    Used to warm-start from a deployed model: a folder that is not such an export, or holds
+    another kind of model, is refused with what was found instead.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"init_from: {folder} is not a folder")
+    path = folder / EXPORT_METADATA_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"init_from: {folder} has no {EXPORT_METADATA_FILE}: it is not a model exported by "
+            "this project (export one with `main.py export`, or use model_name_or_path for a "
+            "base model)"
+        )
+    metadata = json.loads(path.read_text())
+    if metadata.get("architecture") != architecture:
+        raise ValueError(
+            f"init_from: {folder} holds a {metadata.get('architecture')!r} model, "
+            f"this run trains a {architecture!r} one"
+        )
+    return metadata
+
+
 def save_sentence_transformer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

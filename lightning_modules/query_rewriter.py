@@ -38,12 +38,14 @@ from transformers import (
 from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
-from lightning_modules.export import EXPORT_METADATA_FILE, export_folder
+from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)
+# The ``architecture`` of a rewriter export (feedback_finetuning.json).
+ARCHITECTURE = "seq2seq_query_rewriter"
 
 Init = Literal["pretrained", "t5_config", "encoder_decoder"]
 CrossAttentionInit = Literal["self_attention", "random"]
@@ -216,22 +218,32 @@ class QueryRewriter(L.LightningModule):
         num_logged_samples: int = 8,
         dropout: bool | None = None,
         trust_remote_code: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_name_or_path = model_name_or_path
         self.init = init
-        model_path = resolve_model_path(model_name_or_path)
-        tokenizer_path = resolve_model_path(tokenizer_name_or_path or model_name_or_path)
-        self.model, self.tokenizer = build_seq2seq(
-            init,
-            model_path,
-            tokenizer_path,
-            t5_config,
-            decoder_num_layers,
-            trust_remote_code,
-            cross_attention_init,
-        )
+        self.init_from = init_from
+        self.init_metadata: dict[str, Any] | None = None
+        if init_from:
+            # A previous export: its network and tokenizer, whatever `init` built it first.
+            self.init_metadata = read_export_metadata(init_from, ARCHITECTURE)
+            self.model, self.tokenizer = build_seq2seq(
+                "pretrained", str(init_from), str(init_from), None, None, trust_remote_code
+            )
+        else:
+            model_path = resolve_model_path(model_name_or_path)
+            tokenizer_path = resolve_model_path(tokenizer_name_or_path or model_name_or_path)
+            self.model, self.tokenizer = build_seq2seq(
+                init,
+                model_path,
+                tokenizer_path,
+                t5_config,
+                decoder_num_layers,
+                trust_remote_code,
+                cross_attention_init,
+            )
         if dropout is not None:
             self.model.train(dropout)
         generation = self.model.generation_config
@@ -412,12 +424,25 @@ class QueryRewriter(L.LightningModule):
 
     # -- export ----------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        input_format = getattr(getattr(self.trainer, "datamodule", None), "input_format", None)
+        deployed = (self.init_metadata or {}).get("input_format")
+        if deployed is not None and input_format is not None and deployed != input_format.as_dict():
+            log.warning(
+                "init_from %s was trained with input format %s; this run uses %s",
+                self.init_from,
+                deployed,
+                input_format.as_dict(),
+            )
+
     def export_metadata(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
         input_format = getattr(datamodule, "input_format", None)
+        lineage = self.init_metadata or {}
         return {
-            "architecture": "seq2seq_query_rewriter",
-            "init": self.init,
-            "base_model": self.model_name_or_path,
+            "architecture": ARCHITECTURE,
+            "init": lineage.get("init", self.init),
+            "base_model": lineage.get("base_model", self.model_name_or_path),
+            "init_from": self.init_from,
             "input_format": input_format.as_dict() if input_format is not None else None,
             # Uncased models' output is respelt from the question and history before use:
             # lightning_modules.surface.SurfaceRestorer.

@@ -9,6 +9,7 @@ scored and how the model is written out.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +26,13 @@ from transformers import (
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
-from lightning_modules.export import export_folder
+from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
+
+log = logging.getLogger(__name__)
 
 
 class RerankerModule(L.LightningModule):
@@ -49,6 +52,9 @@ class RerankerModule(L.LightningModule):
             ``jinaai/jina-reranker-v1-turbo-en``). Off unless you opt in.
         num_logged_examples: evaluation queries whose reranked list (the user's picks marked)
             is sent to the loggers each epoch: a W&B table, and ``samples/*.jsonl``.
+        init_from: warm start: a folder exported by this project (e.g. the deployed model),
+            whose weights and tokenizer replace ``model_name_or_path``'s. Re-fine-tuning on
+            new feedback then continues from what is deployed; the export records the lineage.
     """
 
     architecture: str = ""
@@ -64,11 +70,18 @@ class RerankerModule(L.LightningModule):
         max_query_length: int = 64,
         trust_remote_code: bool = False,
         num_logged_examples: int = 3,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.model_name_or_path = model_name_or_path
-        self.model_path = resolve_model_path(model_name_or_path)
+        self.init_from = init_from
+        self.init_metadata: dict[str, Any] | None = None
+        if init_from:
+            self.init_metadata = read_export_metadata(init_from, self.architecture)
+            self.model_path = str(init_from)
+        else:
+            self.model_path = resolve_model_path(model_name_or_path)
         self.loss = loss if loss is not None else ListNetLoss()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -205,10 +218,25 @@ class RerankerModule(L.LightningModule):
 
     # -- export ----------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        template = getattr(getattr(self.trainer, "datamodule", None), "document_template", None)
+        if self.init_metadata is not None and template is not None:
+            deployed = self.init_metadata.get("document_template")
+            if deployed is not None and deployed != template:
+                log.warning(
+                    "init_from %s was trained on documents formatted as %r; this run formats "
+                    "them as %r",
+                    self.init_from,
+                    deployed,
+                    template,
+                )
+
     def export_metadata(self, document_template: str) -> dict[str, Any]:
+        base = (self.init_metadata or {}).get("base_model", self.model_name_or_path)
         return {
             "architecture": self.architecture,
-            "base_model": self.model_name_or_path,
+            "base_model": base,
+            "init_from": self.init_from,
             "document_template": document_template,
             "max_length": self.max_length,
             "max_query_length": self.max_query_length,
@@ -308,6 +336,14 @@ class BiEncoderReranker(RerankerModule):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(ignore=["loss"])
         self.similarity = similarity
+        deployed_similarity = (self.init_metadata or {}).get("similarity", similarity)
+        if deployed_similarity != similarity:
+            log.warning(
+                "init_from %s scored with %s similarity; this run trains with %s",
+                self.init_from,
+                deployed_similarity,
+                similarity,
+            )
         self.in_batch_negatives = in_batch_negatives
         self.anchor_weight = anchor_weight
         self.anchor_temperature = temperature
@@ -323,6 +359,7 @@ class BiEncoderReranker(RerankerModule):
             self._anchor.append(copy.deepcopy(self.model).eval().requires_grad_(False))
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         for anchor in self._anchor:
             anchor.to(self.device)
 
