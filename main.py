@@ -1,7 +1,8 @@
-"""Command line: ``python main.py {fit,validate,test,predict,export} --config configs/....yaml``.
+"""Command line: ``python main.py {fit,validate,test,predict,export,promote} --config ...yaml``.
 
 ``python main.py compare [log folders]`` prints a table of finished runs (see
-:mod:`lightning_modules.compare`).
+:mod:`lightning_modules.compare`); ``python main.py rollback <deployment>`` switches a
+deployment back to its previous version (see :mod:`lightning_modules.promote`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,52 @@ class FeedbackTrainer(L.Trainer):
         print(f"Exported {type(model).__name__} to {target}")
         return target
 
+    def promote(
+        self,
+        model: L.LightningModule,
+        candidate: str,
+        deployment: str,
+        datamodule: L.LightningDataModule | None = None,
+        metric: str | None = None,
+        margin: float = 0.0,
+        max_p_value: float | None = None,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        report_dir: str | None = None,
+    ):
+        """Deploy ``candidate`` only if it beats the deployed model on held-out feedback.
+
+        Args:
+            candidate: an exported model folder (``main.py export`` or a fit's ``export/``).
+            deployment: the path the app loads; a link to versioned copies that this command
+                switches atomically (see :mod:`lightning_modules.promote`).
+            metric: the gate's metric: ``ndcg@10`` (default) or ``mrr@10`` for a reranker,
+                ``bleu`` (default) or ``exact_match`` for a rewriter.
+            margin: the least improvement of ``metric`` that promotes (its own scale: NDCG
+                0-1, BLEU 0-100).
+            max_p_value: also require the paired bootstrap's p-value to be at most this.
+            n_resamples: bootstrap resamples.
+            seed: bootstrap seed.
+            report_dir: where the JSON and Markdown reports go (default
+                ``logs/promote/<time>``).
+        """
+        from lightning_modules.promote import run_gate
+
+        if datamodule is None:
+            raise ValueError("promote needs the data module that holds the held-out feedback")
+        return run_gate(
+            model,
+            datamodule,
+            candidate,
+            deployment,
+            metric=metric,
+            margin=margin,
+            max_p_value=max_p_value,
+            n_resamples=n_resamples,
+            seed=seed,
+            report_dir=report_dir,
+        )
+
 
 class SaveAndLogConfig(SaveConfigCallback):
     """Writes ``config.yaml`` next to the logs (Lightning's default) and sends the same full,
@@ -65,7 +112,11 @@ class FeedbackCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+        return {
+            **LightningCLI.subcommands(),
+            "export": {"model", "datamodule"},
+            "promote": {"model", "datamodule"},
+        }
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -90,6 +141,10 @@ def main(args: list[str] | None = None) -> FeedbackCLI | int:
         from lightning_modules.compare import main as compare
 
         return compare(argv[1:])
+    if argv[:1] == ["rollback"]:  # switches a deployment link back: no model, no trainer
+        from lightning_modules.promote import rollback_main
+
+        return rollback_main(argv[1:])
     try:
         cli = FeedbackCLI(
             trainer_class=FeedbackTrainer,

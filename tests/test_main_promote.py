@@ -1,0 +1,115 @@
+"""`main.py promote` / `rollback` end to end with tiny models: a worse (untrained) candidate is
+refused and the deployment stays byte-identical; a better one is deployed and the old model is
+kept for rollback. The reranker gate and the rewriter gate write the same report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import main
+from tests.test_main import write_config as write_reranker_config
+from tests.test_main_query_rewriting import data_files  # noqa: F401  (a fixture)
+from tests.test_main_query_rewriting import write_config as write_rewriter_config
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (through the deployment link) with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def promote(config: Path, candidate: Path, deployment: Path, report: Path, *extra: str) -> dict:
+    main.main(
+        [
+            "promote",
+            "--config",
+            str(config),
+            "--candidate",
+            str(candidate),
+            "--deployment",
+            str(deployment),
+            "--report_dir",
+            str(report),
+            "--n_resamples",
+            "200",
+            *extra,
+        ]
+    )
+    markdown = (report / "promotion_report.md").read_text()
+    assert "| metric | deployed | candidate | delta | 95% CI | p |" in markdown
+    return json.loads((report / "promotion_report.json").read_text())
+
+
+def test_reranker_gate_refuses_worse_accepts_better_and_rolls_back(
+    tmp_path, tiny_backbone, feedback_file
+):
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
+    cli = main.main(["fit", "--config", str(config), "--trainer.max_epochs", "4"])
+    trained = Path(cli.trainer.log_dir) / "export"
+    untouched = tmp_path / "untouched"  # a candidate trained for zero steps
+    main.main(["export", "--config", str(config), "--export_dir", str(untouched)])
+
+    # Today the app runs the untouched model, copied there by hand.
+    deployment = tmp_path / "deploy" / "reranker"
+    shutil.copytree(untouched, deployment)
+    before = snapshot(deployment)
+    stat_before = os.stat(deployment)
+
+    refused = promote(config, untouched, deployment, tmp_path / "r1")
+    assert refused["promoted"] is False and refused["version"] is None
+    assert "not an improvement" in refused["reason"]
+    assert snapshot(deployment) == before and not deployment.is_symlink()
+    assert os.stat(deployment).st_mtime == stat_before.st_mtime
+
+    accepted = promote(config, trained, deployment, tmp_path / "r2")
+    (gate,) = [c for c in accepted["comparisons"] if c["metric"] == "ndcg@10"]
+    assert accepted["promoted"] is True, accepted["reason"]
+    assert gate["candidate"] > gate["deployed"] and gate["delta"] > 0
+    assert {c["metric"] for c in accepted["comparisons"]} == {"ndcg@10", "mrr@10"}
+    assert accepted["baseline_name"] == "display order"
+    assert deployment.is_symlink() and snapshot(deployment) == snapshot(trained)
+    assert snapshot(trained)  # the candidate folder itself is untouched and still there
+
+    # Now the trained model is deployed: the untrained one is refused, nothing moves.
+    deployed_now = snapshot(deployment)
+    link_before = os.readlink(deployment)
+    again = promote(config, untouched, deployment, tmp_path / "r3")
+    assert again["promoted"] is False
+    assert os.readlink(deployment) == link_before and snapshot(deployment) == deployed_now
+
+    # Rollback returns to the hand-made deployment, byte for byte.
+    assert main.main(["rollback", str(deployment)]) == 0
+    assert snapshot(deployment) == before
+
+
+def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, data_files):  # noqa: F811
+    app, pairs = data_files
+    config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
+    cli = main.main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs",
+            "12",
+            "--trainer.check_val_every_n_epoch",
+            "12",
+        ]
+    )
+    trained = Path(cli.trainer.log_dir) / "export"
+    untouched = tmp_path / "untouched"
+    main.main(["export", "--config", str(config), "--export_dir", str(untouched)])
+    deployment = tmp_path / "deploy" / "rewriter"
+
+    # Nothing deployed yet: the candidate is compared with the config's own (untouched) model.
+    refused = promote(config, untouched, deployment, tmp_path / "r1")
+    assert refused["promoted"] is False and not deployment.exists()
+    assert {c["metric"] for c in refused["comparisons"]} == {"bleu", "exact_match"}
+    assert refused["primary_metric"] == "bleu"
+    assert refused["baseline_name"] == "copy the question"
+
+    accepted = promote(config, trained, deployment, tmp_path / "r2")
+    assert accepted["promoted"] is True, accepted["reason"]
+    assert snapshot(deployment) == snapshot(trained)
