@@ -13,6 +13,7 @@ from datamodules.rewrite_feedback import RewritePair
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
+from tests.lightning_modules.test_query_rewriter import TINY_T5
 
 LISTS = [
     RerankList(
@@ -20,14 +21,6 @@ LISTS = [
     ),
     RerankList(1, "capital of france", ["paris city", "berlin"], [1, 0], [0, 1]),
 ]
-TINY_T5 = {
-    "d_model": 32,
-    "d_ff": 64,
-    "d_kv": 8,
-    "num_heads": 4,
-    "num_layers": 2,
-    "dropout_rate": 0.0,
-}
 
 
 def scores_of(module, batch) -> torch.Tensor:
