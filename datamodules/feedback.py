@@ -589,9 +589,22 @@ def load_reranker_feedback(
     )
 
 
-def render_document(template: str, source: Source) -> str:
+def clip_text(text: str, max_chars: int | None) -> str:
+    """``text`` cut to ``max_chars`` characters: a bound on what reaches the tokenizer, which
+    would otherwise read a multi-megabyte snippet whole before truncating it to a few hundred
+    tokens."""
+    return text if max_chars is None or len(text) <= max_chars else text[:max_chars]
+
+
+def render_document(template: str, source: Source, max_chars: int | None = None) -> str:
     """The text the model reads for a source, e.g. ``"{title}\\n{snippet}"``.
 
-    Surrounding whitespace is stripped so that a missing title leaves no stray separator.
+    Surrounding whitespace is stripped so that a missing title leaves no stray separator. Each
+    field is clipped to ``max_chars`` first, so a huge snippet cannot crowd out the title.
     """
-    return template.format(title=source.title, snippet=source.snippet, url=source.url).strip()
+    fields = {
+        "title": clip_text(source.title, max_chars),
+        "snippet": clip_text(source.snippet, max_chars),
+        "url": clip_text(source.url, max_chars),
+    }
+    return template.format(**fields).strip()

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.feedback import OnInvalid, ParseReport, record_time
+from datamodules.feedback import OnInvalid, ParseReport, clip_text, record_time
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
 from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
@@ -88,7 +88,9 @@ class RewriteInputFormat:
 
         ``count_tokens(texts) -> list[int]`` counts tokens without special tokens.
         """
-        turns = [t for t in history if t.strip()]
+        # Every turn takes at least one token, so no more than max_source_tokens turns can fit:
+        # a conversation of thousands of turns costs no more than a short one.
+        turns = [t for t in history[-self.max_source_tokens :] if t.strip()]
         if self.max_history_turns is not None:
             turns = turns[len(turns) - self.max_history_turns :] if self.max_history_turns else []
         if not turns:
@@ -138,10 +140,18 @@ class RewritePairDataset(Dataset):
 class RewriteCollator:
     """Tokenises a list of pairs: inputs padded to the batch's longest, labels with ``-100``."""
 
-    def __init__(self, tokenizer, input_format: RewriteInputFormat, max_target_tokens: int = 64):
+    def __init__(
+        self,
+        tokenizer,
+        input_format: RewriteInputFormat,
+        max_target_tokens: int = 64,
+        max_text_chars: int | None = 8192,
+    ):
         self.tokenizer = tokenizer
         self.input_format = input_format
         self.max_target_tokens = max_target_tokens
+        # Every text is clipped to this many characters before it is tokenised at all.
+        self.max_text_chars = max_text_chars
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -149,8 +159,10 @@ class RewriteCollator:
 
     def source_text(self, pair: RewritePair) -> str:
         fmt = self.input_format
-        history = fmt.select_history(pair.source, pair.history, self._count_tokens)
-        return fmt.join(pair.source, history)
+        source = clip_text(pair.source, self.max_text_chars)
+        turns = [clip_text(turn, self.max_text_chars) for turn in pair.history]
+        history = fmt.select_history(source, turns, self._count_tokens)
+        return fmt.join(source, history)
 
     def __call__(self, items: list[tuple[int, RewritePair]]) -> RewriteBatch:
         indices = [i for i, _ in items]
@@ -169,7 +181,8 @@ class RewriteCollator:
             # Targets end with the end token and carry no start token: the model prepends its
             # decoder start token itself (T5: pad, EncoderDecoder: [CLS]).
             end = target_end_token_id(self.tokenizer)
-            ids = self.tokenizer(targets, add_special_tokens=False)["input_ids"]
+            clipped = [clip_text(t, self.max_text_chars) for t in targets]
+            ids = self.tokenizer(clipped, add_special_tokens=False)["input_ids"]
             ids = [row[: self.max_target_tokens - 1] + [end] for row in ids]
             labels = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
             for row, values in enumerate(ids):
@@ -247,6 +260,8 @@ class QueryRewritingDataModule(L.LightningDataModule):
         task_prefix, history_separator, history_order, max_history_turns, max_source_tokens:
             the input format (see :class:`RewriteInputFormat`); saved with the export.
         max_target_tokens: longer targets are truncated in training.
+        max_text_chars: questions, history turns and targets are clipped to this many
+            characters before tokenisation (a bound on the cost of a pathological record).
         batch_size: pairs per training batch.
         eval_batch_size: pairs per validation/test/predict batch (default: ``batch_size``).
         group_by_length: batch training pairs of similar input length (less padding).
@@ -272,6 +287,7 @@ class QueryRewritingDataModule(L.LightningDataModule):
         max_history_turns: int | None = None,
         max_source_tokens: int = 128,
         max_target_tokens: int = 64,
+        max_text_chars: int = 8192,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         group_by_length: bool = True,
@@ -298,6 +314,7 @@ class QueryRewritingDataModule(L.LightningDataModule):
             max_source_tokens=max_source_tokens,
         )
         self.max_target_tokens = max_target_tokens
+        self.max_text_chars = max_text_chars
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
@@ -396,7 +413,9 @@ class QueryRewritingDataModule(L.LightningDataModule):
     # -- loaders ---------------------------------------------------------------------------
 
     def collator(self) -> RewriteCollator:
-        return RewriteCollator(self.tokenizer, self.input_format, self.max_target_tokens)
+        return RewriteCollator(
+            self.tokenizer, self.input_format, self.max_target_tokens, self.max_text_chars
+        )
 
     def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:
         dataset = RewritePairDataset(pairs)

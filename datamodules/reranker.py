@@ -16,6 +16,7 @@ from datamodules.feedback import (
     OnInvalid,
     ParseReport,
     RerankerRecord,
+    clip_text,
     load_reranker_feedback,
     record_time,
     render_document,
@@ -74,11 +75,13 @@ class RerankListDataset(Dataset):
         document_template: str,
         max_docs: int | None,
         sample: bool,
+        max_chars: int | None = None,
     ) -> None:
         self.records = list(records)
         self.document_template = document_template
         self.max_docs = max_docs
         self.sample = sample
+        self.max_chars = max_chars
 
     def __len__(self) -> int:
         return len(self.records)
@@ -103,9 +106,10 @@ class RerankListDataset(Dataset):
         positions = self._choose_positions(record)
         return RerankList(
             record_index=index,
-            query=record.query,
+            query=clip_text(record.query, self.max_chars),
             documents=[
-                render_document(self.document_template, record.sources[p]) for p in positions
+                render_document(self.document_template, record.sources[p], self.max_chars)
+                for p in positions
             ],
             grades=[record.grades[p] for p in positions],
             positions=positions,
@@ -163,7 +167,11 @@ class RerankerDataModule(L.LightningDataModule):
         batch_size: queries per training batch.
         eval_batch_size: queries per validation/test/predict batch (default: ``batch_size``).
         max_docs_per_query: list cap in training (all positives kept, negatives sampled).
-        max_docs_per_query_eval: list cap in evaluation; ``None`` keeps whole lists.
+        max_docs_per_query_eval: list cap in validation and test (the first sources shown are
+            kept); ``None`` keeps whole lists. Prediction always ranks whole lists.
+        max_text_chars: queries and each source field are clipped to this many characters
+            before tokenisation (far above what ``max_length`` tokens hold), so that a
+            multi-megabyte snippet costs no more than a normal one.
         num_workers: DataLoader worker processes (tokenisation runs there).
         train_on_uniform_lists: training normally drops lists whose labels are all equal (no
             pick, or everything picked): ranking losses get nothing from them. Set true to keep
@@ -186,7 +194,8 @@ class RerankerDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         max_docs_per_query: int = 16,
-        max_docs_per_query_eval: int | None = None,
+        max_docs_per_query_eval: int | None = 100,
+        max_text_chars: int = 8192,
         num_workers: int = 0,
         train_on_uniform_lists: bool = False,
     ) -> None:
@@ -207,6 +216,7 @@ class RerankerDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_docs_per_query = max_docs_per_query
         self.max_docs_per_query_eval = max_docs_per_query_eval
+        self.max_text_chars = max_text_chars
         self.num_workers = num_workers
         self.train_on_uniform_lists = train_on_uniform_lists
         self.input_encoder: InputEncoder | None = None
@@ -285,12 +295,21 @@ class RerankerDataModule(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------
 
-    def _loader(self, records, *, train: bool) -> DataLoader:
+    def _loader(self, records, *, train: bool, whole_lists: bool = False) -> DataLoader:
+        cap = self.max_docs_per_query if train else self.max_docs_per_query_eval
+        if whole_lists:
+            cap = None
+        elif cap is not None and not train:  # (training samples within its cap: see the dataset)
+            capped = sum(len(r.sources) > cap for r in records)
+            if capped:
+                log.warning(
+                    "%d evaluation lists have more than %d sources: the first %d shown are used",
+                    capped,
+                    cap,
+                    cap,
+                )
         dataset = RerankListDataset(
-            records,
-            self.document_template,
-            self.max_docs_per_query if train else self.max_docs_per_query_eval,
-            sample=train,
+            records, self.document_template, cap, sample=train, max_chars=self.max_text_chars
         )
         return DataLoader(
             dataset,
@@ -316,4 +335,4 @@ class RerankerDataModule(L.LightningDataModule):
         return self._loader(self.test_records, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_records, train=False)
+        return self._loader(self.predict_records, train=False, whole_lists=True)
