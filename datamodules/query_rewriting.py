@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.distributed import evaluation_sampler
 from datamodules.feedback import OnInvalid, ParseReport, clip_text, record_time
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
 from datamodules.split import SplitMode, drop_held_out, split_train_validation
@@ -420,7 +421,7 @@ class QueryRewritingDataModule(L.LightningDataModule):
     def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:
         dataset = RewritePairDataset(pairs)
         batch_size = self.batch_size if train else self.eval_batch_size
-        sampler = None
+        sampler = None if train else evaluation_sampler(self, dataset)
         if train and self.group_by_length:
             # Character length is a cheap, good enough proxy for token length here.
             lengths = [len(p.source) + sum(len(t) for t in p.history) for p in pairs]

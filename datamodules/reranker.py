@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.distributed import evaluation_sampler
 from datamodules.encoding import InputEncoder
 from datamodules.feedback import (
     LabelMode,
@@ -315,6 +316,7 @@ class RerankerDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(self, dataset),
             num_workers=self.num_workers,
             collate_fn=ListwiseCollator(self.input_encoder),
             persistent_workers=self.num_workers > 0,

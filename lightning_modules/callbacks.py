@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
 from lightning_modules.export import write_atomically
+from lightning_modules.loggers import rank_zero_log_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ExportBestModel(L.Callback):
         if checkpoint is not None:
             load_weights(pl_module, checkpoint.best_model_path)
             log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
-        target = Path(self.export_dir or Path(trainer.log_dir or ".") / "export")
+        target = Path(self.export_dir or rank_zero_log_dir(trainer) / "export")
         pl_module.export(target, datamodule=trainer.datamodule, overwrite=self.overwrite)
         pl_module.load_state_dict(state)  # leave the module as fit left it
         print(f"Exported the fine-tuned model to {target}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from datamodules.feedback import discover_feedback_files
 
@@ -218,6 +218,20 @@ def describe_run(
     )
 
 
+def rank_zero_log_dir(trainer: L.Trainer) -> Path:
+    """``trainer.log_dir`` without its broadcast, for code that runs on rank zero only.
+
+    ``Trainer.log_dir`` is a collective call under DDP: reached by one process alone, it waits
+    forever for the others (or fails when they exit). This reads the same folder locally.
+    """
+    if trainer.loggers:
+        first = trainer.loggers[0]
+        if isinstance(first, (CSVLogger, TensorBoardLogger)):
+            return Path(first.log_dir)
+        return Path(first.save_dir or trainer.default_root_dir)
+    return Path(trainer.default_root_dir)
+
+
 def log_examples(
     module: L.LightningModule, key: str, columns: list[str], rows: list[list[Any]]
 ) -> None:
@@ -230,8 +244,8 @@ def log_examples(
     for logger in module.loggers:
         if hasattr(logger, "log_table"):
             logger.log_table(key=key, columns=columns, data=rows, step=module.global_step)
-    if trainer.log_dir is not None and trainer.is_global_zero:
-        folder = Path(trainer.log_dir) / "samples"
+    if trainer.is_global_zero:
+        folder = rank_zero_log_dir(trainer) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         stem = key.replace("/", "_")
         path = folder / f"{stem}_epoch{module.current_epoch}_step{module.global_step}.jsonl"

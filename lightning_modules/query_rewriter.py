@@ -244,6 +244,11 @@ class QueryRewriter(L.LightningModule):
                 trust_remote_code,
                 cross_attention_init,
             )
+        # A BERT encoder's [CLS] pooler feeds nothing in a seq2seq model: frozen, it is neither
+        # trained nor (under DDP) a parameter without a gradient, which DDP refuses.
+        pooler = getattr(getattr(self.model, "encoder", None), "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         if dropout is not None:
             self.model.train(dropout)
         generation = self.model.generation_config

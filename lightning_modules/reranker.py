@@ -350,6 +350,11 @@ class BiEncoderReranker(RerankerModule):
         self.model = AutoModel.from_pretrained(
             self.model_path, trust_remote_code=self.trust_remote_code
         ).train()  # from_pretrained returns eval mode; dropout belongs to training
+        # Mean pooling never reads BERT's [CLS] pooler: frozen, it is neither trained nor (under
+        # DDP) a parameter without a gradient, which DDP refuses.
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
         log_temperature = torch.tensor(math.log(temperature))
         self.log_temperature = torch.nn.Parameter(log_temperature, requires_grad=learn_temperature)
         # Kept in a list so that it is neither trained, nor saved in checkpoints, nor switched

@@ -244,3 +244,15 @@ def test_dropout_mode_in_training(tiny_backbone, init, dropout, expected):
     )
     modes = {m.training for m in module.model.modules() if isinstance(m, torch.nn.Dropout)}
     assert modes == {expected}
+
+
+def test_unused_encoder_pooler_is_frozen(tiny_backbone):
+    """DDP refuses parameters without gradients: the BERT pooler feeds nothing here."""
+    module = QueryRewriter(model_name_or_path=str(tiny_backbone), init="encoder_decoder")
+    assert not any(p.requires_grad for p in module.model.encoder.pooler.parameters())
+    batch = batch_of(module, PAIRS)
+    module(batch).backward()
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable), [
+        n for n, p in trainable if p.grad is None
+    ]
