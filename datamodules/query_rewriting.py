@@ -14,17 +14,16 @@ business of :mod:`datamodules.rewrite_feedback`; this module turns them into mod
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import evaluation_sampler
 from datamodules.feedback import OnInvalid, ParseReport, clip_text, record_time
+from datamodules.resumable import LengthGroupedSampler, ResumableTrainingData, ShuffleSampler
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
 from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
@@ -199,39 +198,7 @@ class RewriteCollator:
         )
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Shuffled batches of similar input length: less padding, same data each epoch.
-
-    Shuffles, cuts the order into windows of ``batch_size * window_batches`` examples, sorts
-    each window by length and shuffles the resulting batches (the usual "bucketing" trick).
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, window_batches: int = 50) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.window = batch_size * window_batches
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        rng = random.Random(torch.initial_seed() + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), self.window):
-            window = sorted(order[start : start + self.window], key=self.lengths.__getitem__)
-            batches += [
-                window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)
-            ]
-        rng.shuffle(batches)
-        for batch in batches:
-            yield from batch
-
-
-class QueryRewritingDataModule(L.LightningDataModule):
+class QueryRewritingDataModule(ResumableTrainingData):
     """Question → rewrite pairs from app feedback and/or pairs files.
 
     Args:
@@ -421,20 +388,22 @@ class QueryRewritingDataModule(L.LightningDataModule):
     def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:
         dataset = RewritePairDataset(pairs)
         batch_size = self.batch_size if train else self.eval_batch_size
-        sampler = None if train else evaluation_sampler(self, dataset)
-        if train and self.group_by_length:
+        common = {
+            "batch_size": batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": self.collator(),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            return DataLoader(dataset, sampler=evaluation_sampler(self, dataset), **common)
+        if self.group_by_length:
             # Character length is a cheap, good enough proxy for token length here.
             lengths = [len(p.source) + sum(len(t) for t in p.history) for p in pairs]
             sampler = LengthGroupedSampler(lengths, batch_size)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=self.collator(),
-            persistent_workers=self.num_workers > 0,
-        )
+        else:
+            sampler = ShuffleSampler(len(pairs))
+        batch_size = common.pop("batch_size")
+        return self.resumable_loader(dataset, sampler, batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_pairs:

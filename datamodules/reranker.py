@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,6 +21,7 @@ from datamodules.feedback import (
     record_time,
     render_document,
 )
+from datamodules.resumable import ResumableTrainingData, ShuffleSampler, mix_seed
 from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,21 @@ class RerankListDataset(Dataset):
         max_docs: int | None,
         sample: bool,
         max_chars: int | None = None,
+        seed: int | None = None,
     ) -> None:
         self.records = list(records)
         self.document_template = document_template
         self.max_docs = max_docs
         self.sample = sample
         self.max_chars = max_chars
+        self.seed = torch.initial_seed() if seed is None else seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _choose_positions(self, record: RerankerRecord) -> list[int]:
+    def _choose_positions(
+        self, record: RerankerRecord, generator: torch.Generator | None = None
+    ) -> list[int]:
         if not self.sample:  # evaluation: the list as shown (capped: what was shown first)
             return list(range(len(record.sources)))[: self.max_docs]
         # Training: judged sources only (see RerankerRecord.judged).
@@ -97,14 +101,21 @@ class RerankListDataset(Dataset):
         positives = [p for p in judged if record.grades[p] > 0]
         negatives = [p for p in judged if record.grades[p] <= 0]
         if len(positives) > self.max_docs:
-            positives = [positives[i] for i in torch.randperm(len(positives))[: self.max_docs]]
+            order = torch.randperm(len(positives), generator=generator)
+            positives = [positives[i] for i in order[: self.max_docs]]
         room = self.max_docs - len(positives)
-        chosen_negatives = [negatives[i] for i in torch.randperm(len(negatives))[:room]]
+        order = torch.randperm(len(negatives), generator=generator)
+        chosen_negatives = [negatives[i] for i in order[:room]]
         return sorted(positives + chosen_negatives)
 
-    def __getitem__(self, index: int) -> RerankList:
+    def __getitem__(self, item: int | tuple[int, int]) -> RerankList:
+        # A resumable sampler yields (index, epoch): the sample then depends on nothing else.
+        index, epoch = item if isinstance(item, tuple) else (item, None)
+        generator = None
+        if epoch is not None:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
         record = self.records[index]
-        positions = self._choose_positions(record)
+        positions = self._choose_positions(record, generator)
         return RerankList(
             record_index=index,
             query=clip_text(record.query, self.max_chars),
@@ -143,7 +154,7 @@ class ListwiseCollator:
         )
 
 
-class RerankerDataModule(L.LightningDataModule):
+class RerankerDataModule(ResumableTrainingData):
     """Reads reranker feedback and serves listwise batches.
 
     Args:
@@ -312,15 +323,20 @@ class RerankerDataModule(L.LightningDataModule):
         dataset = RerankListDataset(
             records, self.document_template, cap, sample=train, max_chars=self.max_text_chars
         )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=None if train else evaluation_sampler(self, dataset),
-            num_workers=self.num_workers,
-            collate_fn=ListwiseCollator(self.input_encoder),
-            persistent_workers=self.num_workers > 0,
-        )
+        common = {
+            "num_workers": self.num_workers,
+            "collate_fn": ListwiseCollator(self.input_encoder),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            return DataLoader(
+                dataset,
+                batch_size=self.eval_batch_size,
+                sampler=evaluation_sampler(self, dataset),
+                **common,
+            )
+        sampler = ShuffleSampler(len(dataset), with_epoch=True)
+        return self.resumable_loader(dataset, sampler, self.batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_records:

@@ -41,6 +41,7 @@ from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.optim import adamw_with_linear_warmup
+from lightning_modules.resume import restore_rng_states, save_rng_states
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)
@@ -426,6 +427,12 @@ class QueryRewriter(L.LightningModule):
         return adamw_with_linear_warmup(
             self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_rng_states(checkpoint)  # a mid-epoch resume continues the same random stream
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(checkpoint)
 
     # -- export ----------------------------------------------------------------------------
 

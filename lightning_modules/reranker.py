@@ -31,6 +31,7 @@ from lightning_modules.loggers import log_examples
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
+from lightning_modules.resume import restore_rng_states, save_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,12 @@ class RerankerModule(L.LightningModule):
         return adamw_with_linear_warmup(
             self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_rng_states(checkpoint)  # a mid-epoch resume continues the same random stream
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(checkpoint)
 
     # -- export ----------------------------------------------------------------------------
 

@@ -126,7 +126,10 @@ def test_length_grouped_sampler_is_a_permutation_with_similar_lengths_together()
         for k in range(0, 200, 10)
     ]
     assert max(spreads) < 20  # a random batch spans ~90
+    sampler.set_epoch(1)  # Lightning calls this at every epoch start
     assert list(sampler) != order  # reshuffled every epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # ...as a function of (seed, epoch) only
 
 
 def write_pairs(path: Path, pairs: list[dict]) -> Path:
