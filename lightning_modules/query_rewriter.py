@@ -37,7 +37,7 @@ from transformers import (
 
 from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
-from lightning_modules.backbones import resolve_model_path
+from lightning_modules.backbones import apply_speed_options, resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.optim import adamw_with_linear_warmup
@@ -195,6 +195,10 @@ class QueryRewriter(L.LightningModule):
             submodule's mode), on for a T5 built from a config. The CANARD figures were
             measured that way.
         trust_remote_code: allow a hub model to run its own code. Off unless you opt in.
+        init_from: warm start from a rewriter exported by this project (e.g. the deployed one):
+            its network and tokenizer replace what ``init`` would build.
+        compile: ``torch.compile`` the network (opt-in).
+        gradient_checkpointing: trade compute for activation memory (large models).
     """
 
     def __init__(
@@ -220,9 +224,13 @@ class QueryRewriter(L.LightningModule):
         dropout: bool | None = None,
         trust_remote_code: bool = False,
         init_from: str | None = None,
+        compile: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.compile = compile
+        self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
         self.init = init
         self.init_from = init_from
@@ -426,6 +434,11 @@ class QueryRewriter(L.LightningModule):
     def configure_optimizers(self):
         return adamw_with_linear_warmup(
             self, self.learning_rate, self.weight_decay, self.warmup_ratio
+        )
+
+    def configure_model(self) -> None:
+        apply_speed_options(
+            self.model, compile=self.compile, gradient_checkpointing=self.gradient_checkpointing
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

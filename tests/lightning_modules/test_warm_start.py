@@ -118,3 +118,30 @@ def test_rewriter_starts_from_the_exported_model(tmp_path, tiny_backbone):
         assert warm.generate(batch).tolist() == deployed.generate(batch).tolist()
     metadata = json.loads((warm.export(tmp_path / "next") / EXPORT_METADATA_FILE).read_text())
     assert metadata["init"] == "t5_config" and metadata["init_from"] == str(folder)
+
+
+def test_speed_options_keep_parameter_names_and_train(tiny_backbone):
+    """compile / gradient checkpointing are applied in place: checkpoints and exports keep
+    their keys; a checkpointed backbone still trains."""
+    plain = BiEncoderReranker(model_name_or_path=str(tiny_backbone), max_length=32)
+    module = BiEncoderReranker(
+        model_name_or_path=str(tiny_backbone),
+        max_length=32,
+        compile=True,
+        gradient_checkpointing=True,
+    )
+    module.configure_model()
+    assert module.model.is_gradient_checkpointing
+    assert module.model._compiled_call_impl is not None  # compiled lazily, at the first call
+    assert list(module.state_dict()) == list(plain.state_dict())
+    checkpointed = BiEncoderReranker(
+        model_name_or_path=str(tiny_backbone), max_length=32, gradient_checkpointing=True
+    )
+    checkpointed.configure_model()
+    batch = ListwiseCollator(checkpointed.input_encoder())(LISTS)
+    train_a_few_steps(checkpointed, batch, steps=1)
+    rewriter = QueryRewriter(
+        model_name_or_path=str(tiny_backbone), init="encoder_decoder", gradient_checkpointing=True
+    )
+    rewriter.configure_model()
+    assert rewriter.model.encoder.is_gradient_checkpointing
