@@ -37,11 +37,11 @@ from transformers import (
 
 from datamodules.query_rewriting import RewriteBatch, target_end_token_id
 from datamodules.split import normalise_query
-from lightning_modules.backbones import apply_speed_options, resolve_model_path
+from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.optim import adamw_with_linear_warmup
-from lightning_modules.resume import restore_rng_states, save_rng_states
+from lightning_modules.resume import FeedbackModule
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def build_seq2seq(
     return model, tokenizer
 
 
-class QueryRewriter(L.LightningModule):
+class QueryRewriter(FeedbackModule):
     """Fine-tunes a seq2seq model to rewrite questions into the queries that find the sources.
 
     Args:
@@ -197,7 +197,7 @@ class QueryRewriter(L.LightningModule):
         trust_remote_code: allow a hub model to run its own code. Off unless you opt in.
         init_from: warm start from a rewriter exported by this project (e.g. the deployed one):
             its network and tokenizer replace what ``init`` would build.
-        compile: ``torch.compile`` the network (opt-in).
+        torch_compile: ``torch.compile`` the network (opt-in).
         gradient_checkpointing: trade compute for activation memory (large models).
     """
 
@@ -224,12 +224,12 @@ class QueryRewriter(L.LightningModule):
         dropout: bool | None = None,
         trust_remote_code: bool = False,
         init_from: str | None = None,
-        compile: bool = False,
+        torch_compile: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.compile = compile
+        self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
         self.init = init
@@ -435,17 +435,6 @@ class QueryRewriter(L.LightningModule):
         return adamw_with_linear_warmup(
             self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
-
-    def configure_model(self) -> None:
-        apply_speed_options(
-            self.model, compile=self.compile, gradient_checkpointing=self.gradient_checkpointing
-        )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_rng_states(checkpoint)  # a mid-epoch resume continues the same random stream
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_rng_states(checkpoint)
 
     # -- export ----------------------------------------------------------------------------
 

@@ -25,18 +25,18 @@ from transformers import (
 
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
-from lightning_modules.backbones import apply_speed_options, resolve_model_path
+from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
-from lightning_modules.resume import restore_rng_states, save_rng_states
+from lightning_modules.resume import FeedbackModule
 
 log = logging.getLogger(__name__)
 
 
-class RerankerModule(L.LightningModule):
+class RerankerModule(FeedbackModule):
     """Shared training/evaluation logic; subclasses implement :meth:`score_batch`.
 
     Args:
@@ -56,7 +56,7 @@ class RerankerModule(L.LightningModule):
         init_from: warm start: a folder exported by this project (e.g. the deployed model),
             whose weights and tokenizer replace ``model_name_or_path``'s. Re-fine-tuning on
             new feedback then continues from what is deployed; the export records the lineage.
-        compile: ``torch.compile`` the backbone (opt-in; see ``benchmarks/``).
+        torch_compile: ``torch.compile`` the backbone (opt-in; see ``benchmarks/``).
         gradient_checkpointing: trade compute for activation memory (large backbones).
     """
 
@@ -74,12 +74,12 @@ class RerankerModule(L.LightningModule):
         trust_remote_code: bool = False,
         num_logged_examples: int = 3,
         init_from: str | None = None,
-        compile: bool = False,
+        torch_compile: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
-        self.compile = compile
+        self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
         self.init_from = init_from
@@ -222,17 +222,6 @@ class RerankerModule(L.LightningModule):
         return adamw_with_linear_warmup(
             self, self.learning_rate, self.weight_decay, self.warmup_ratio
         )
-
-    def configure_model(self) -> None:
-        apply_speed_options(
-            self.model, compile=self.compile, gradient_checkpointing=self.gradient_checkpointing
-        )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_rng_states(checkpoint)  # a mid-epoch resume continues the same random stream
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_rng_states(checkpoint)
 
     # -- export ----------------------------------------------------------------------------
 

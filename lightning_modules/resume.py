@@ -1,14 +1,18 @@
-"""Global random generator states travel with checkpoints, so that a run resumed mid-epoch
-draws the same dropout masks as the run it continues (see :mod:`datamodules.resumable` for the
-data order)."""
+"""What both models share around checkpoints: the global random generator states travel with
+them, so that a run resumed mid-epoch draws the same dropout masks as the run it continues (see
+:mod:`datamodules.resumable` for the data order), and the opt-in speed levers are applied when
+Lightning builds the model."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+
+from lightning_modules.backbones import apply_speed_options
 
 RNG_KEY = "feedback_finetuning_rng_states"
 
@@ -38,3 +42,24 @@ def restore_rng_states(checkpoint: dict[str, Any]) -> None:
     name, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(states["python"])
+
+
+class FeedbackModule(L.LightningModule):
+    """Base of the reranker and rewriter modules. Subclasses set ``self.model`` (the network),
+    ``self.torch_compile`` and ``self.gradient_checkpointing``."""
+
+    torch_compile: bool = False
+    gradient_checkpointing: bool = False
+
+    def configure_model(self) -> None:
+        apply_speed_options(
+            self.model,
+            compile=self.torch_compile,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_rng_states(checkpoint)  # a mid-epoch resume continues the same random stream
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_rng_states(checkpoint)

@@ -121,13 +121,13 @@ def test_rewriter_starts_from_the_exported_model(tmp_path, tiny_backbone):
 
 
 def test_speed_options_keep_parameter_names_and_train(tiny_backbone):
-    """compile / gradient checkpointing are applied in place: checkpoints and exports keep
+    """torch_compile / gradient checkpointing are applied in place: checkpoints and exports keep
     their keys; a checkpointed backbone still trains."""
     plain = BiEncoderReranker(model_name_or_path=str(tiny_backbone), max_length=32)
     module = BiEncoderReranker(
         model_name_or_path=str(tiny_backbone),
         max_length=32,
-        compile=True,
+        torch_compile=True,
         gradient_checkpointing=True,
     )
     module.configure_model()
