@@ -145,6 +145,11 @@ def main(args: list[str] | None = None) -> FeedbackCLI | int:
         from lightning_modules.promote import rollback_main
 
         return rollback_main(argv[1:])
+    # Called from Python (a notebook, a benchmark) with its own arguments, the CLI must not also
+    # look at the calling program's command line.
+    calling_argv = sys.argv
+    if args is not None:
+        sys.argv = sys.argv[:1]
     try:
         cli = FeedbackCLI(
             trainer_class=FeedbackTrainer,
@@ -155,6 +160,8 @@ def main(args: list[str] | None = None) -> FeedbackCLI | int:
     except BaseException:
         _finish_wandb_run(exit_code=1)
         raise
+    finally:
+        sys.argv = calling_argv
     _finish_wandb_run(exit_code=0)
     return cli
 
