@@ -1,0 +1,38 @@
+"""benchmarks/data_scale.py: the synthetic log is valid app feedback and the measurement runs."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.data_scale import run, write_log
+from datamodules.feedback import load_reranker_feedback
+
+
+def test_synthetic_log_is_valid_app_feedback(tmp_path):
+    log = write_log(tmp_path / "log.jsonl", 50)
+    records, report = load_reranker_feedback(log)
+    assert report.kept == 50 and report.n_dropped == 0
+    assert all(len(r.sources) == 10 and sum(g > 0 for g in r.grades) == 3 for r in records)
+
+
+def test_measurement_runs_in_a_child_process(tmp_path):
+    out = tmp_path / "figures.json"
+    assert (
+        run(
+            [
+                "--records",
+                "300",
+                "--epochs",
+                "2",
+                "--work-dir",
+                str(tmp_path),
+                "--output-json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    figures = json.loads(out.read_text())
+    assert figures["records"] == 300 and figures["train_lists"] + figures["val_lists"] == 300
+    assert figures["first_batch_peak_gib"] >= figures["baseline_gib"] > 0
+    assert [e["epoch"] for e in figures["epochs"]] == [0, 1]
