@@ -55,47 +55,35 @@ def ddp_config(tmp_path, tiny_backbone, feedback_file) -> Path:
     return path
 
 
-def test_two_processes_validate_exactly_like_one(tmp_path, ddp_config):
-    logs = tmp_path / "logs"
-    run_main("validate", "--config", str(ddp_config), "--trainer.accelerator=cpu", cwd=tmp_path)
+def run_cpu(subcommand: str, config: Path, *extra: str, processes: int = 1) -> None:
+    """``main.py <subcommand>`` on the CPU, in ``processes`` DDP processes (gloo) if > 1."""
+    ddp = ["--trainer.strategy=ddp", f"--trainer.devices={processes}"] if processes > 1 else []
     run_main(
-        "validate",
+        subcommand,
         "--config",
-        str(ddp_config),
+        str(config),
         "--trainer.accelerator=cpu",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        cwd=tmp_path,
+        *ddp,
+        *extra,
+        cwd=config.parent,
     )
-    single, double = (last_validation(v) for v in versions(logs))
+
+
+def test_two_processes_validate_exactly_like_one(tmp_path, ddp_config):
+    run_cpu("validate", ddp_config)
+    run_cpu("validate", ddp_config, processes=2)
+    single, double = (last_validation(v) for v in versions(tmp_path / "logs"))
     assert single == pytest.approx(double, abs=1e-6)
 
 
 def test_two_processes_train_and_their_validation_matches_one_on_the_same_weights(
     tmp_path, ddp_config
 ):
-    logs = tmp_path / "logs"
-    run_main(
-        "fit",
-        "--config",
-        str(ddp_config),
-        "--trainer.accelerator=cpu",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        cwd=tmp_path,
-    )
-    (fit_dir,) = versions(logs)
+    run_cpu("fit", ddp_config, processes=2)
+    (fit_dir,) = versions(tmp_path / "logs")
     ddp_figures = last_validation(fit_dir)
     checkpoint = fit_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.exists() and (fit_dir / "export").exists()  # written once, by rank 0
-    run_main(
-        "validate",
-        "--config",
-        str(ddp_config),
-        "--trainer.accelerator=cpu",
-        "--ckpt_path",
-        str(checkpoint),
-        cwd=tmp_path,
-    )
-    single = last_validation(versions(logs)[-1])
+    run_cpu("validate", ddp_config, "--ckpt_path", str(checkpoint))
+    single = last_validation(versions(tmp_path / "logs")[-1])
     assert ddp_figures == pytest.approx(single, abs=1e-6)
