@@ -12,10 +12,14 @@ files, or a glob pattern; any mix of these.
 
 from __future__ import annotations
 
+import codecs
+import functools
 import glob
+import hashlib
 import json
 import logging
 import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,36 +204,73 @@ def discover_feedback_files(paths: str | Path | Sequence[str | Path]) -> list[Pa
     return list(unique)
 
 
+def _not_utf8(path: Path, byte: int, record: int | None = None) -> FeedbackError:
+    return FeedbackError(
+        f"not UTF-8 text (byte {byte} cannot be decoded); re-save the file as UTF-8",
+        file=path,
+        record=record,
+    )
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise FeedbackError(
-            f"not UTF-8 text (byte {err.start} cannot be decoded); re-save the file as UTF-8",
-            file=path,
-        ) from None
+        raise _not_utf8(path, err.start) from None
 
 
-def iter_raw_records(
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, int, int, int, str]]:
+    """``(line_number, byte_offset, byte_length, crc32, text)`` of each non-blank line of a
+    JSON Lines file.
+
+    Streams the file (a multi-gigabyte log is never held whole). Lines end at a line feed only:
+    U+0085/U+2028 occur inside real snippets and are legal inside JSON strings. The offset and
+    length locate the line's bytes (without the line feed), whose CRC-32 tells a later re-read
+    whether they changed (see :mod:`datamodules.feedback_table`). A byte that is not UTF-8 is
+    fatal, named by its offset in the file.
+    """
+    offset = 0
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+                line, start = line[len(codecs.BOM_UTF8) :], start + len(codecs.BOM_UTF8)
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, start + err.start) from None
+            if text and not text.isspace():
+                if line[-1:] == b"\n":
+                    line = line[:-1]
+                yield line_no, start, len(line), zlib.crc32(line), text
+
+
+@dataclass(frozen=True)
+class LocatedRecord:
+    """A raw record with where it came from: its index in the file and, for JSON Lines, the
+    byte span of its line and the line's CRC-32 (``offset`` -1 for records of a ``.json``
+    document)."""
+
+    index: int
+    raw: Any
+    offset: int = -1
+    length: int = 0
+    crc: int = 0
+
+
+def iter_located_records(
     path: Path, top_key: str, report: ParseReport, on_invalid: OnInvalid
-) -> Iterator[tuple[int, Any]]:
-    """Yield ``(record_index, raw_record)`` from one JSON or JSON Lines file.
+) -> Iterator[LocatedRecord]:
+    """Every raw record of one JSON or JSON Lines file, with its location.
 
     A syntax error that breaks a whole ``.json`` file is always fatal (no record can be trusted);
     a broken line of a ``.jsonl`` file is one bad record and honours ``on_invalid``.
     """
-    text = _read_text(path)
     if path.suffix == ".jsonl":
-        index = -1
-        # Split on "\n" only: str.splitlines() also breaks at U+0085/U+2028, which occur
-        # inside real snippets and are legal inside JSON strings.
-        for line_no, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            index += 1
+        for index, (line_no, offset, length, crc, text) in enumerate(iter_jsonl_lines(path)):
             report.read += 1
             try:
-                yield index, json.loads(line)
+                raw = json.loads(text)
             except json.JSONDecodeError as err:
                 error = FeedbackError(
                     f"invalid JSON at line {line_no} column {err.colno}: {err.msg}",
@@ -239,14 +280,18 @@ def iter_raw_records(
                 if on_invalid == "error":
                     raise error from None
                 report.drop(error)
+                continue
+            yield LocatedRecord(index, raw, offset, length, crc)
         return
 
+    text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise FeedbackError(
             f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}", file=path
         ) from None
+    del text
     if isinstance(data, dict):
         if top_key not in data:
             raise FeedbackError(
@@ -261,10 +306,70 @@ def iter_raw_records(
         )
     for index, raw in enumerate(data):
         report.read += 1
-        yield index, raw
+        yield LocatedRecord(index, raw)
+
+
+def iter_raw_records(
+    path: Path, top_key: str, report: ParseReport, on_invalid: OnInvalid
+) -> Iterator[tuple[int, Any]]:
+    """``(record_index, raw_record)`` of one file (see :func:`iter_located_records`)."""
+    for located in iter_located_records(path, top_key, report, on_invalid):
+        yield located.index, located.raw
 
 
 RecordT = TypeVar("RecordT")
+
+
+def content_digest(key: Hashable) -> bytes:
+    """A 128-bit digest of a de-duplication key: a million of them fit in a few dozen MB,
+    where the keys themselves (queries, urls) would take gigabytes."""
+    return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def iter_validated(
+    paths: str | Path | Sequence[str | Path],
+    report: ParseReport,
+    *,
+    top_key: str,
+    parse_record: Callable[[Any, str, int], RecordT],
+    on_invalid: OnInvalid = "error",
+    dedupe_key: Callable[[RecordT], Hashable] | None = None,
+) -> Iterator[tuple[int, LocatedRecord, RecordT]]:
+    """``(file_number, location, record)`` of every valid, new record, counting the rest in
+    ``report`` (see :func:`load_feedback` for the rules)."""
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    seen: set[bytes] = set()
+    for file_number, path in enumerate(discover_feedback_files(paths)):
+        report.files.append(str(path))
+        for located in iter_located_records(path, top_key, report, on_invalid):
+            try:
+                record = parse_record(located.raw, str(path), located.index)
+                if dedupe_key is not None:
+                    digest = content_digest(dedupe_key(record))
+                    if digest in seen:
+                        report.duplicates += 1
+                        continue
+                    seen.add(digest)
+            except RecordFiltered as filtered:
+                report.filtered[filtered.reason] += 1
+                continue
+            except FeedbackError as error:
+                if on_invalid == "error":
+                    raise
+                report.drop(error)
+                continue
+            report.kept += 1
+            yield file_number, located, record
+
+
+def log_report(report: ParseReport) -> None:
+    if report.n_dropped:
+        log.warning("Feedback: %s", report.summary())
+        for example in report.examples:
+            log.warning("  dropped: %s", example)
+    else:
+        log.info("Feedback: %s", report.summary())
 
 
 def load_feedback(
@@ -283,37 +388,23 @@ def load_feedback(
     left out and counted in ``report.filtered`` whatever ``on_invalid`` says. With
     ``dedupe_key``, a record whose key was seen before (in any file of this load) is a repeat:
     the first is kept, the others are counted in ``report.duplicates``.
+
+    Every record stays in memory; :func:`datamodules.feedback_table.index_feedback` keeps
+    only where each record lies, for logs too large for that.
     """
-    if on_invalid not in ("error", "skip"):
-        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     report = ParseReport()
-    records: list[RecordT] = []
-    seen: set[Hashable] = set()
-    for path in discover_feedback_files(paths):
-        report.files.append(str(path))
-        for index, raw in iter_raw_records(path, top_key, report, on_invalid):
-            try:
-                record = parse_record(raw, str(path), index)
-                if dedupe_key is not None:
-                    key = dedupe_key(record)
-                    if key in seen:
-                        report.duplicates += 1
-                        continue
-                    seen.add(key)
-                records.append(record)
-            except RecordFiltered as filtered:
-                report.filtered[filtered.reason] += 1
-            except FeedbackError as error:
-                if on_invalid == "error":
-                    raise
-                report.drop(error)
-    report.kept = len(records)
-    if report.n_dropped:
-        log.warning("Feedback: %s", report.summary())
-        for example in report.examples:
-            log.warning("  dropped: %s", example)
-    else:
-        log.info("Feedback: %s", report.summary())
+    records = [
+        record
+        for _, _, record in iter_validated(
+            paths,
+            report,
+            top_key=top_key,
+            parse_record=parse_record,
+            on_invalid=on_invalid,
+            dedupe_key=dedupe_key,
+        )
+    ]
+    log_report(report)
     return records, report
 
 
@@ -419,7 +510,27 @@ def require_object(raw: Any, *, file: str, index: int, field: str | None = None)
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def file_stem(file: str) -> str:
+    """``Path(file).stem``, cached: asked once per record, for a handful of files."""
+    return Path(file).stem
+
+
 def parse_source(raw: Any, *, file: str, index: int, position: int) -> Source:
+    # The common, valid source is accepted without building any error text: this runs ten
+    # times per record, a million records per large log. Whatever it does not accept goes
+    # through the full checks below, which accept the same sources and name what is wrong.
+    if type(raw) is dict:
+        url, title, snippet = raw.get("url"), raw.get("title"), raw.get("snippet")
+        if (
+            type(url) is str
+            and url
+            and not url.isspace()
+            and (title is None or type(title) is str)
+            and (snippet is None or type(snippet) is str)
+            and ((title and not title.isspace()) or (snippet and not snippet.isspace()))
+        ):
+            return Source(title=title or "", url=url, snippet=snippet or "")
     where = f"all_sources[{position}]."
     require_object(raw, file=file, index=index, field=f"all_sources[{position}]")
     url = require_str(raw, "url", file=file, index=index, where=where)
@@ -555,7 +666,7 @@ def parse_reranker_record(
         query=query,
         sources=sources,
         grades=tuple(grades),
-        query_id=str(query_id) if query_id is not None else f"{Path(file).stem}:{index}",
+        query_id=str(query_id) if query_id is not None else f"{file_stem(file)}:{index}",
         timestamp=timestamp,
         origin=f"{file}:{index}",
         judged=tuple(judged),

@@ -2,31 +2,96 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import evaluation_sampler
 from datamodules.encoding import InputEncoder
 from datamodules.feedback import (
+    FeedbackError,
     LabelMode,
     OnInvalid,
     ParseReport,
     RerankerRecord,
     clip_text,
-    load_reranker_feedback,
-    record_time,
+    parse_reranker_record,
+    parse_timestamp,
     render_document,
 )
+from datamodules.feedback_table import FactSpec, FeedbackTable, index_feedback
 from datamodules.resumable import ResumableTrainingData, ShuffleSampler, mix_seed
-from datamodules.split import SplitMode, drop_held_out, split_train_validation
+from datamodules.split import (
+    SplitMode,
+    hash_validation_mask,
+    normalise_query,
+    normalised_query_bucket,
+    time_validation_mask,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DOCUMENT_TEMPLATE = "{title}\n{snippet}"
+
+
+def reranker_facts(record: RerankerRecord, salt: str = "") -> tuple:
+    """What the data module needs of a record without re-reading it (see :data:`FACT_TYPES`)."""
+    normalised = normalise_query(record.query)
+    query_key = hashlib.blake2b(normalised.encode("utf-8", "surrogatepass"), digest_size=8)
+    try:
+        time = parse_timestamp(record.timestamp, file=record.origin, index=-1).timestamp()
+    except FeedbackError:  # no or no readable time: only the time split needs one (checked)
+        time = math.nan
+    return (
+        normalised_query_bucket(normalised, salt),
+        int.from_bytes(query_key.digest(), "big"),
+        time,
+        record.has_contrast,
+        record.has_positive,
+        len(record.sources),
+    )
+
+
+# bucket: the hash split's number for the query; query_key: 64-bit digest of the normalised
+# query (val_files leave out training records with the same query); time: POSIX seconds or NaN.
+FACT_TYPES = {
+    "bucket": "d",
+    "query_key": "Q",
+    "time": "d",
+    "has_contrast": "b",
+    "has_positive": "b",
+    "n_sources": "q",
+}
+
+
+def index_reranker_feedback(
+    paths: str | Sequence[str],
+    *,
+    label_mode: LabelMode = "binary",
+    on_invalid: OnInvalid = "error",
+    deduplicate: bool = False,
+    require_timestamp: bool = False,
+    split_salt: str = "",
+) -> tuple[FeedbackTable[RerankerRecord], ParseReport]:
+    """:func:`~datamodules.feedback.load_reranker_feedback` as a :class:`FeedbackTable`: what
+    the data module holds, so that a log of millions of records fits in memory."""
+    return index_feedback(
+        paths,
+        top_key="reranker_data",
+        parse_record=functools.partial(
+            parse_reranker_record, label_mode=label_mode, require_timestamp=require_timestamp
+        ),
+        facts=FactSpec(FACT_TYPES, functools.partial(reranker_facts, salt=split_salt)),
+        on_invalid=on_invalid,
+        dedupe_key=(lambda record: record.content_key) if deduplicate else None,
+    )
 
 
 @dataclass
@@ -79,7 +144,7 @@ class RerankListDataset(Dataset):
         max_chars: int | None = None,
         seed: int | None = None,
     ) -> None:
-        self.records = list(records)
+        self.records = records  # (a FeedbackTable re-reads each record when asked: keep it so)
         self.document_template = document_template
         self.max_docs = max_docs
         self.sample = sample
@@ -232,21 +297,23 @@ class RerankerDataModule(ResumableTrainingData):
         self.num_workers = num_workers
         self.train_on_uniform_lists = train_on_uniform_lists
         self.input_encoder: InputEncoder | None = None
-        self.train_records: list[RerankerRecord] = []
-        self.val_records: list[RerankerRecord] = []
-        self.test_records: list[RerankerRecord] = []
-        self.predict_records: list[RerankerRecord] = []
+        # Validated records, held as where they lie in the files (see FeedbackTable).
+        self.train_records: Sequence[RerankerRecord] = []
+        self.val_records: Sequence[RerankerRecord] = []
+        self.test_records: Sequence[RerankerRecord] = []
+        self.predict_records: Sequence[RerankerRecord] = []
         self.reports: dict[str, ParseReport] = {}
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _load(self, name: str, files: list[str]) -> list[RerankerRecord]:
-        records, report = load_reranker_feedback(
+    def _load(self, name: str, files: list[str]) -> FeedbackTable[RerankerRecord]:
+        records, report = index_reranker_feedback(
             files,
             label_mode=self.label_mode,
             on_invalid=self.on_invalid,
             deduplicate=self.deduplicate,
             require_timestamp=name == "train" and self.split == "time" and not self.val_files,
+            split_salt=self.split_salt,
         )
         self.reports[name] = report
         return records
@@ -274,35 +341,35 @@ class RerankerDataModule(ResumableTrainingData):
     def _setup_fit(self) -> None:
         if not self.train_files and not self.val_files:
             raise ValueError("fit/validate need data.train_files (and optionally data.val_files)")
-        records = self._load("train", self.train_files) if self.train_files else []
+        if self.train_files:
+            records = self._load("train", self.train_files)
+        else:
+            records = FeedbackTable.from_records([], FactSpec(FACT_TYPES, reranker_facts))
         if self.val_files:
             self.val_records = self._load("validation", self.val_files)
-            train = drop_held_out(records, (r.query for r in self.val_records), lambda r: r.query)
-            if len(train) < len(records):
-                log.info(
-                    "Dropped %d training records whose query is in val_files",
-                    len(records) - len(train),
-                )
+            held_out = np.isin(records.facts["query_key"], self.val_records.facts["query_key"])
+            train = records.select(~held_out)
+            if held_out.any():
+                log.info("Dropped %d training records whose query is in val_files", held_out.sum())
         else:
-            train, self.val_records = split_train_validation(
-                records,
-                mode=self.split,
-                validation_fraction=self.validation_fraction,
-                key=lambda r: r.query,
-                time_of=record_time,
-                salt=self.split_salt,
-            )
+            if self.split == "hash":
+                is_val = hash_validation_mask(records.facts["bucket"], self.validation_fraction)
+            elif self.split == "time":
+                is_val = time_validation_mask(records.facts["time"], self.validation_fraction)
+            else:
+                raise ValueError(f"split must be 'hash' or 'time', got {self.split!r}")
+            train, self.val_records = records.select(~is_val), records.select(is_val)
         if self.train_on_uniform_lists:
             self.train_records = train
         else:
-            self.train_records = [r for r in train if r.has_contrast]
+            self.train_records = train.select(train.facts["has_contrast"])
         log.info(
             "Reranker data: %d training lists (%d without a pick or with everything picked "
             "left out of training), %d validation lists (%d with a pick)",
             len(self.train_records),
             len(train) - len(self.train_records),
             len(self.val_records),
-            sum(r.has_positive for r in self.val_records),
+            int(self.val_records.facts["has_positive"].sum()),
         )
 
     # -- loaders ---------------------------------------------------------------------------
@@ -312,7 +379,10 @@ class RerankerDataModule(ResumableTrainingData):
         if whole_lists:
             cap = None
         elif cap is not None and not train:  # (training samples within its cap: see the dataset)
-            capped = sum(len(r.sources) > cap for r in records)
+            if isinstance(records, FeedbackTable):  # (without re-reading every record)
+                capped = int((records.facts["n_sources"] > cap).sum())
+            else:
+                capped = sum(len(r.sources) > cap for r in records)
             if capped:
                 log.warning(
                     "%d evaluation lists have more than %d sources: the first %d shown are used",

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, TypeVar
 
+import numpy as np
+
 SplitMode = Literal["hash", "time"]
 _WHITESPACE = re.compile(r"\s+")
 T = TypeVar("T")
@@ -30,26 +32,58 @@ def normalise_query(query: str) -> str:
 
 def query_bucket(query: str, salt: str = "") -> float:
     """A stable number in [0, 1) for the query: the first 8 bytes of a SHA-256 hash."""
-    digest = hashlib.sha256(f"{salt}\x1f{normalise_query(query)}".encode()).digest()
+    return normalised_query_bucket(normalise_query(query), salt)
+
+
+def normalised_query_bucket(normalised: str, salt: str = "") -> float:
+    """:func:`query_bucket` of a query already passed through :func:`normalise_query`."""
+    digest = hashlib.sha256(f"{salt}\x1f{normalised}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def is_validation_query(query: str, validation_fraction: float, salt: str = "") -> bool:
+def _check_fraction(validation_fraction: float) -> None:
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    return query_bucket(query, salt) < validation_fraction
+
+
+def hash_validation_mask(buckets: Sequence[float] | np.ndarray, validation_fraction: float):
+    """Which items validate, given their :func:`query_bucket`: those below the fraction."""
+    _check_fraction(validation_fraction)
+    return np.asarray(buckets, dtype=np.float64) < validation_fraction
+
+
+def time_validation_mask(times: Sequence[float] | np.ndarray, validation_fraction: float):
+    """Which items validate, given their times (POSIX seconds): the newest
+    ``validation_fraction`` of them.
+
+    Every validation item is strictly newer than every training item: items sharing the
+    cut-off time all go to validation, so the slice can be slightly larger than the fraction.
+    """
+    _check_fraction(validation_fraction)
+    times = np.asarray(times, dtype=np.float64)
+    n_val = round(len(times) * validation_fraction)
+    if n_val == 0:
+        return np.zeros(len(times), dtype=bool)
+    cutoff = np.sort(times)[len(times) - n_val]
+    return times >= cutoff
+
+
+def is_validation_query(query: str, validation_fraction: float, salt: str = "") -> bool:
+    return bool(hash_validation_mask([query_bucket(query, salt)], validation_fraction)[0])
+
+
+def _partition(items: list[T], validation: np.ndarray) -> tuple[list[T], list[T]]:
+    train = [item for item, is_val in zip(items, validation, strict=True) if not is_val]
+    return train, [item for item, is_val in zip(items, validation, strict=True) if is_val]
 
 
 def split_by_hash(
     items: Iterable[T], key: Callable[[T], str], validation_fraction: float, salt: str = ""
 ) -> tuple[list[T], list[T]]:
     """``(train, validation)``: each item's side is decided by the hash of ``key(item)``."""
-    train: list[T] = []
-    validation: list[T] = []
-    for item in items:
-        is_val = is_validation_query(key(item), validation_fraction, salt)
-        (validation if is_val else train).append(item)
-    return train, validation
+    items = list(items)
+    buckets = [query_bucket(key(item), salt) for item in items]
+    return _partition(items, hash_validation_mask(buckets, validation_fraction))
 
 
 def drop_held_out(items: Sequence[T], held_out: Iterable[str], key: Callable[[T], str]) -> list[T]:
@@ -61,23 +95,14 @@ def drop_held_out(items: Sequence[T], held_out: Iterable[str], key: Callable[[T]
 def split_by_time(
     items: Iterable[T], time_of: Callable[[T], datetime], validation_fraction: float
 ) -> tuple[list[T], list[T]]:
-    """``(train, validation)``: the newest ``validation_fraction`` of the items validate.
-
-    Every validation item is strictly newer than every training item: items sharing the
-    cut-off time all go to validation, so the slice can be slightly larger than the fraction.
-    Both lists keep the items' original order.
-    """
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    """``(train, validation)``: the newest ``validation_fraction`` of the items validate (see
+    :func:`time_validation_mask`). Both lists keep the items' original order."""
     items = list(items)
-    n_val = round(len(items) * validation_fraction)
-    if n_val == 0:
+    times = [time_of(item).timestamp() for item in items] if validation_fraction else []
+    if not times:
+        _check_fraction(validation_fraction)
         return items, []
-    times = [time_of(item) for item in items]
-    cutoff = sorted(times)[len(items) - n_val]
-    train = [item for item, t in zip(items, times, strict=True) if t < cutoff]
-    validation = [item for item, t in zip(items, times, strict=True) if t >= cutoff]
-    return train, validation
+    return _partition(items, time_validation_mask(times, validation_fraction))
 
 
 def split_train_validation(
