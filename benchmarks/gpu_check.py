@@ -82,12 +82,17 @@ class PairThroughput(L.Callback):
         return self.pairs / self.elapsed if self.elapsed > 0 else float("nan")
 
 
-def run_phase(name: str, args: list[str]) -> dict[str, Any]:
+def run_phase(name: str, args: list[str], warmup: int = WARMUP_BATCHES) -> dict[str, Any]:
+    """Runs ``main.py`` with ``args`` and a :class:`PairThroughput` meter; its figures."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    cli = main.main([*args, "--trainer.callbacks+=benchmarks.gpu_check.PairThroughput"])
+    meter_spec = {
+        "class_path": "benchmarks.gpu_check.PairThroughput",
+        "init_args": {"warmup": warmup},
+    }
+    cli = main.main([*args, f"--trainer.callbacks+={json.dumps(meter_spec)}"])
     wall = time.perf_counter() - started
     # By name: run as a script, this module is __main__ and the command line instantiated the
     # class of `benchmarks.gpu_check`, a second copy.
@@ -96,6 +101,7 @@ def run_phase(name: str, args: list[str]) -> dict[str, Any]:
         "phase": name,
         "wall_seconds": round(wall, 1),
         "batches_timed": max(meter.batches - meter.warmup, 0),
+        "pairs": meter.pairs,
         "pairs_per_second": round(meter.rate, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "metrics": {

@@ -61,6 +61,19 @@ class FeedbackError(ValueError):
             where += f": field '{field}'"
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # keyword-only arguments: the default pickling would lose them
+        return _rebuild_feedback_error, (self.reason, self.file, self.record, self.field)
+
+    def shifted(self, records: int) -> FeedbackError:
+        """The same error with its record index moved by ``records`` (a part of a file read
+        on its own counts its records from 0)."""
+        record = None if self.record is None else self.record + records
+        return FeedbackError(self.reason, file=self.file, record=record, field=self.field)
+
+
+def _rebuild_feedback_error(reason: str, file: str, record: int | None, field: str | None):
+    return FeedbackError(reason, file=file, record=record, field=field)
+
 
 class RecordFiltered(Exception):
     """Raised by a ``parse_record`` for a valid record that carries no training signal.
@@ -137,10 +150,26 @@ class ParseReport:
     # Repeats of an earlier record (same content key) left out; the first one is kept.
     duplicates: int = 0
 
+    # The errors behind ``examples`` (for merging the reports of parts of a file).
+    example_errors: list[FeedbackError] = field(default_factory=list, repr=False)
+
     def drop(self, error: FeedbackError, max_examples: int = 5) -> None:
         self.dropped[error.reason if error.field is None else f"{error.field}: {error.reason}"] += 1
         if len(self.examples) < max_examples:
             self.examples.append(str(error))
+            self.example_errors.append(error)
+
+    def merge_part(self, part: ParseReport, records_before: int, max_examples: int = 5) -> None:
+        """Add the counts of a part of a file read on its own, whose record indices start
+        ``records_before`` records into the file (``kept`` is left to the caller)."""
+        self.read += part.read
+        self.dropped.update(part.dropped)
+        self.filtered.update(part.filtered)
+        self.duplicates += part.duplicates
+        for error in part.example_errors[: max(0, max_examples - len(self.examples))]:
+            shifted = error.shifted(records_before)
+            self.examples.append(str(shifted))
+            self.example_errors.append(shifted)
 
     @property
     def n_dropped(self) -> int:
@@ -219,7 +248,22 @@ def _read_text(path: Path) -> str:
         raise _not_utf8(path, err.start) from None
 
 
-def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, int, int, int, str]]:
+@dataclass(frozen=True)
+class ByteRange:
+    """Part of a JSON Lines file: the lines starting in ``[start, end)`` (``start`` at a line
+    start), the first of them being line ``first_line`` of the file."""
+
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+
+
+WHOLE_FILE = ByteRange()
+
+
+def iter_jsonl_lines(
+    path: Path, byte_range: ByteRange = WHOLE_FILE
+) -> Iterator[tuple[int, int, int, int, str]]:
     """``(line_number, byte_offset, byte_length, crc32, text)`` of each non-blank line of a
     JSON Lines file.
 
@@ -229,11 +273,14 @@ def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, int, int, int, str]]:
     whether they changed (see :mod:`datamodules.feedback_table`). A byte that is not UTF-8 is
     fatal, named by its offset in the file.
     """
-    offset = 0
+    offset = byte_range.start
     with open(path, "rb") as handle:
-        for line_no, line in enumerate(handle, start=1):
+        handle.seek(offset)
+        for line_no, line in enumerate(handle, start=byte_range.first_line):
+            if byte_range.end is not None and offset >= byte_range.end:
+                break
             start, offset = offset, offset + len(line)
-            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+            if start == 0 and line.startswith(codecs.BOM_UTF8):
                 line, start = line[len(codecs.BOM_UTF8) :], start + len(codecs.BOM_UTF8)
             try:
                 text = line.decode("utf-8")
@@ -259,15 +306,21 @@ class LocatedRecord:
 
 
 def iter_located_records(
-    path: Path, top_key: str, report: ParseReport, on_invalid: OnInvalid
+    path: Path,
+    top_key: str,
+    report: ParseReport,
+    on_invalid: OnInvalid,
+    byte_range: ByteRange = WHOLE_FILE,
 ) -> Iterator[LocatedRecord]:
-    """Every raw record of one JSON or JSON Lines file, with its location.
+    """Every raw record of one JSON or JSON Lines file (or of a ``byte_range`` of the latter,
+    whose records are then numbered from 0), with its location.
 
     A syntax error that breaks a whole ``.json`` file is always fatal (no record can be trusted);
     a broken line of a ``.jsonl`` file is one bad record and honours ``on_invalid``.
     """
     if path.suffix == ".jsonl":
-        for index, (line_no, offset, length, crc, text) in enumerate(iter_jsonl_lines(path)):
+        lines = iter_jsonl_lines(path, byte_range)
+        for index, (line_no, offset, length, crc, text) in enumerate(lines):
             report.read += 1
             try:
                 raw = json.loads(text)
@@ -326,6 +379,46 @@ def content_digest(key: Hashable) -> bytes:
     return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+def iter_validated_file(
+    path: Path,
+    report: ParseReport,
+    seen: set[bytes],
+    *,
+    top_key: str,
+    parse_record: Callable[[Any, str, int], RecordT],
+    on_invalid: OnInvalid = "error",
+    dedupe_key: Callable[[RecordT], Hashable] | None = None,
+    byte_range: ByteRange = WHOLE_FILE,
+) -> Iterator[tuple[LocatedRecord, RecordT, bytes | None]]:
+    """``(location, record, content digest)`` of every valid record of one file that is not in
+    ``seen`` (which it extends), counting the rest in ``report``."""
+    for located in iter_located_records(path, top_key, report, on_invalid, byte_range):
+        digest = None
+        try:
+            record = parse_record(located.raw, str(path), located.index)
+            if dedupe_key is not None:
+                digest = content_digest(dedupe_key(record))
+                if digest in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(digest)
+        except RecordFiltered as filtered:
+            report.filtered[filtered.reason] += 1
+            continue
+        except FeedbackError as error:
+            if on_invalid == "error":
+                raise
+            report.drop(error)
+            continue
+        report.kept += 1
+        yield located, record, digest
+
+
+def check_on_invalid(on_invalid: str) -> None:
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+
+
 def iter_validated(
     paths: str | Path | Sequence[str | Path],
     report: ParseReport,
@@ -337,29 +430,19 @@ def iter_validated(
 ) -> Iterator[tuple[int, LocatedRecord, RecordT]]:
     """``(file_number, location, record)`` of every valid, new record, counting the rest in
     ``report`` (see :func:`load_feedback` for the rules)."""
-    if on_invalid not in ("error", "skip"):
-        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    check_on_invalid(on_invalid)
     seen: set[bytes] = set()
     for file_number, path in enumerate(discover_feedback_files(paths)):
         report.files.append(str(path))
-        for located in iter_located_records(path, top_key, report, on_invalid):
-            try:
-                record = parse_record(located.raw, str(path), located.index)
-                if dedupe_key is not None:
-                    digest = content_digest(dedupe_key(record))
-                    if digest in seen:
-                        report.duplicates += 1
-                        continue
-                    seen.add(digest)
-            except RecordFiltered as filtered:
-                report.filtered[filtered.reason] += 1
-                continue
-            except FeedbackError as error:
-                if on_invalid == "error":
-                    raise
-                report.drop(error)
-                continue
-            report.kept += 1
+        for located, record, _ in iter_validated_file(
+            path,
+            report,
+            seen,
+            top_key=top_key,
+            parse_record=parse_record,
+            on_invalid=on_invalid,
+            dedupe_key=dedupe_key,
+        ):
             yield file_number, located, record
 
 

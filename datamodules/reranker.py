@@ -79,6 +79,7 @@ def index_reranker_feedback(
     deduplicate: bool = False,
     require_timestamp: bool = False,
     split_salt: str = "",
+    workers: int | None = None,
 ) -> tuple[FeedbackTable[RerankerRecord], ParseReport]:
     """:func:`~datamodules.feedback.load_reranker_feedback` as a :class:`FeedbackTable`: what
     the data module holds, so that a log of millions of records fits in memory."""
@@ -90,8 +91,14 @@ def index_reranker_feedback(
         ),
         facts=FactSpec(FACT_TYPES, functools.partial(reranker_facts, salt=split_salt)),
         on_invalid=on_invalid,
-        dedupe_key=(lambda record: record.content_key) if deduplicate else None,
+        dedupe_key=content_key if deduplicate else None,
+        workers=workers,
     )
+
+
+def content_key(record: RerankerRecord):
+    """(A module-level function: the worker processes of a large load receive it pickled.)"""
+    return record.content_key
 
 
 @dataclass
@@ -129,10 +136,12 @@ class RerankBatch:
 class RerankListDataset(Dataset):
     """Records as lists; in sampling mode keeps every positive and samples negatives.
 
-    ``max_docs`` caps the list: positives first (sampled if they alone exceed the cap), then a
-    uniform sample of negatives fills the rest. Training lists hold judged sources only.
-    Sampling uses torch's global RNG so that ``seed_everything(workers=True)`` makes it
-    reproducible. Kept documents stay in display order.
+    ``max_docs`` caps the list: positives first, then a uniform sample of negatives fills the
+    rest. Positives that would fill more than the cap less half of it (or less every negative,
+    when there are fewer) are sampled down, so that a sampled list always keeps its contrast.
+    Training lists hold judged sources only. Sampling is seeded per (seed, epoch, record), so
+    that it is reproducible and a resumed run draws the same lists. Kept documents stay in
+    display order.
     """
 
     def __init__(
@@ -165,9 +174,12 @@ class RerankListDataset(Dataset):
             return judged
         positives = [p for p in judged if record.grades[p] > 0]
         negatives = [p for p in judged if record.grades[p] <= 0]
-        if len(positives) > self.max_docs:
+        # Picks crowding the list must leave room for negatives: a list of picks only has
+        # nothing to rank (half the list, or every negative when there are fewer).
+        max_positives = self.max_docs - min(len(negatives), self.max_docs // 2)
+        if len(positives) > max_positives:
             order = torch.randperm(len(positives), generator=generator)
-            positives = [positives[i] for i in order[: self.max_docs]]
+            positives = [positives[i] for i in order[:max_positives]]
         room = self.max_docs - len(positives)
         order = torch.randperm(len(negatives), generator=generator)
         chosen_negatives = [negatives[i] for i in order[:room]]
@@ -243,13 +255,16 @@ class RerankerDataModule(ResumableTrainingData):
         document_template: how a source becomes text, over ``{title}``, ``{snippet}``, ``{url}``.
         batch_size: queries per training batch.
         eval_batch_size: queries per validation/test/predict batch (default: ``batch_size``).
-        max_docs_per_query: list cap in training (all positives kept, negatives sampled).
+        max_docs_per_query: list cap in training (all positives kept, negatives sampled; picks
+            that would take more than half the list are sampled down to leave room).
         max_docs_per_query_eval: list cap in validation and test (the first sources shown are
             kept); ``None`` keeps whole lists. Prediction always ranks whole lists.
         max_text_chars: queries and each source field are clipped to this many characters
             before tokenisation (far above what ``max_length`` tokens hold), so that a
             multi-megabyte snippet costs no more than a normal one.
         num_workers: DataLoader worker processes (tokenisation runs there).
+        index_workers: processes that read and validate JSON Lines logs of 64 MiB or more at
+            setup (``None``: one per core, at most 8; ``1``: none).
         train_on_uniform_lists: training normally drops lists whose labels are all equal (no
             pick, or everything picked): ranking losses get nothing from them. Set true to keep
             them, e.g. for the pointwise loss, which learns "not relevant" from them.
@@ -274,6 +289,7 @@ class RerankerDataModule(ResumableTrainingData):
         max_docs_per_query_eval: int | None = 100,
         max_text_chars: int = 8192,
         num_workers: int = 0,
+        index_workers: int | None = None,
         train_on_uniform_lists: bool = False,
     ) -> None:
         super().__init__()
@@ -295,6 +311,7 @@ class RerankerDataModule(ResumableTrainingData):
         self.max_docs_per_query_eval = max_docs_per_query_eval
         self.max_text_chars = max_text_chars
         self.num_workers = num_workers
+        self.index_workers = index_workers
         self.train_on_uniform_lists = train_on_uniform_lists
         self.input_encoder: InputEncoder | None = None
         # Validated records, held as where they lie in the files (see FeedbackTable).
@@ -314,6 +331,7 @@ class RerankerDataModule(ResumableTrainingData):
             deduplicate=self.deduplicate,
             require_timestamp=name == "train" and self.split == "time" and not self.val_files,
             split_salt=self.split_salt,
+            workers=self.index_workers,
         )
         self.reports[name] = report
         return records

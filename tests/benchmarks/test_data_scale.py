@@ -32,7 +32,17 @@ def test_measurement_runs_in_a_child_process(tmp_path):
         )
         == 0
     )
-    figures = json.loads(out.read_text())
+    results = json.loads(out.read_text())
+    figures, baseline = results["table"], results["in-memory"]
     assert figures["records"] == 300 and figures["train_lists"] + figures["val_lists"] == 300
-    assert figures["first_batch_peak_gib"] >= figures["baseline_gib"] > 0
-    assert [e["epoch"] for e in figures["epochs"]] == [0, 1]
+    # The table splits and filters exactly as the in-memory baseline does.
+    assert (figures["train_lists"], figures["val_lists"]) == (
+        baseline["train_lists"],
+        baseline["val_lists"],
+    )
+    for measured in (figures, baseline):
+        assert measured["first_batch_peak_gib"] >= measured["baseline_gib"] > 0
+        assert [e["epoch"] for e in measured["epochs"]] == [0, 1]
+    assert results["speedup"] == round(
+        baseline["to_first_batch_seconds"] / max(figures["to_first_batch_seconds"], 0.01), 2
+    )

@@ -111,3 +111,62 @@ def test_empty_logs_give_empty_tables(tmp_path):
     table, report = index_reranker_feedback([write_jsonl(tmp_path / "e.jsonl", [""])])
     assert len(table) == 0 and list(table) == [] and report.read == 0
     assert table.facts["bucket"].dtype == np.float64 and table.facts["has_contrast"].dtype == bool
+
+
+# -- large logs: read by several processes ------------------------------------------------
+
+
+@pytest.fixture
+def big_log(tmp_path) -> Path:
+    """80 records over ~90 lines: blank lines, broken lines and repeats spread through it, so
+    that each lands in a different byte range of a parallel read."""
+    lines = []
+    for i in range(80):
+        lines.append(json.dumps(make_record(i, n_sources=3 + i % 5, picks=(i % 3,))))
+        if i % 17 == 5:
+            lines.append("")
+        if i % 23 == 11:
+            lines.append('{"query": "cut off')
+        if i % 19 == 7:
+            lines.append(lines[i // 2])  # a repeat of an earlier line, far back
+    log = tmp_path / "big.jsonl"
+    log.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode("utf-8"))
+    return log
+
+
+@pytest.fixture
+def parallel_from_one_byte(monkeypatch):
+    monkeypatch.setattr("datamodules.feedback_table.PARALLEL_MIN_BYTES", 1)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_parallel_read_equals_the_serial_read(big_log, parallel_from_one_byte, workers):
+    serial, serial_report = index_reranker_feedback(
+        [big_log], on_invalid="skip", deduplicate=True, workers=1
+    )
+    parallel, parallel_report = index_reranker_feedback(
+        [big_log], on_invalid="skip", deduplicate=True, workers=workers
+    )
+    assert parallel_report.duplicates > 0 and parallel_report.n_dropped > 0
+    assert list(parallel) == list(serial)  # records carry their index: origin, query_id
+    assert parallel_report.summary() == serial_report.summary()
+    assert parallel_report.examples == serial_report.examples
+    for name, values in serial.facts.items():
+        np.testing.assert_array_equal(parallel.facts[name], values)
+
+
+def test_a_parallel_read_reports_the_first_error_as_the_serial_read(
+    big_log, parallel_from_one_byte
+):
+    with pytest.raises(FeedbackError) as serial:
+        index_reranker_feedback([big_log], workers=1)
+    with pytest.raises(FeedbackError) as parallel:
+        index_reranker_feedback([big_log], workers=3)
+    assert str(parallel.value) == str(serial.value)
+    assert "invalid JSON at line" in str(parallel.value)
+    broken = big_log.read_bytes().replace(b"what is the fast car 79", b"what is the fast car \xff")
+    big_log.write_bytes(broken)
+    with pytest.raises(FeedbackError, match="not UTF-8") as parallel:
+        index_reranker_feedback([big_log], on_invalid="skip", workers=3)
+    position = broken.index(b"\xff")
+    assert f"byte {position} " in str(parallel.value)

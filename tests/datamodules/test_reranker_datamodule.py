@@ -151,3 +151,20 @@ def test_unjudged_sources_are_evaluated_but_never_trained_on(tmp_path, tokenizer
     dm.val_records = dm.train_records
     batch = next(iter(dm.val_dataloader()))
     assert batch.mask.sum(1).tolist() == [6] * batch.mask.shape[0]
+
+
+def test_sampled_training_lists_keep_their_contrast_when_picks_crowd_the_cap(make_record):
+    from datamodules.feedback import parse_reranker_record
+    from datamodules.reranker import RerankListDataset
+
+    many_picks = parse_reranker_record(make_record(0, n_sources=40, picks=range(30)), "f.json", 0)
+    few_negatives = parse_reranker_record(make_record(1, n_sources=20, picks=range(17)), "f", 1)
+    few_picks = parse_reranker_record(make_record(2, n_sources=40, picks=(3, 9)), "f.json", 2)
+    lists = RerankListDataset(
+        [many_picks, few_negatives, few_picks], "{title}", max_docs=16, sample=True, seed=0
+    )
+    for epoch in range(5):
+        crowded, short, sparse = (lists[(i, epoch)].grades for i in range(3))
+        assert len(crowded) == 16 and crowded.count(1.0) == 8  # half the list left to negatives
+        assert len(short) == 16 and short.count(0.0) == 3  # every negative there is
+        assert len(sparse) == 16 and sparse.count(1.0) == 2  # every pick, when they fit

@@ -1,0 +1,483 @@
+"""Reranker throughput against sentence-transformers, on one machine, in one invocation.
+
+Both sides get the packaged all-MiniLM-L6-v2 with a fresh one-logit head, the shipped feedback
+(``training_data/``), the same max length (256 tokens) and the same effective batch of
+(query, source) pairs:
+
+1. **training**: our ``main.py fit`` of ``configs/reranker_cross_encoder.yaml`` (8 queries a
+   batch, up to 16 judged sources each, as configured) against sentence-transformers'
+   ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss`` over the pairs of the same training
+   lists, its batch size set to the mean number of pairs in our batches;
+2. **inference**: our ``main.py predict`` (whole lists) against ``CrossEncoder.predict`` on the
+   pairs of the same records.
+
+Rates are (query, source) pairs a second, measured after ``--warmup`` batches on each side
+(ours: from the end of the last warm-up batch to the end of the last batch, data loading and
+tokenisation included; theirs: the same over trainer steps, and one timed ``predict`` call after
+an untimed one). Our side runs as configured (``precision: bf16-mixed``, which autocasts to
+bfloat16 where the CPU has it); sentence-transformers runs as it does by default (float32).
+``--matched-precision`` adds the two other rows (ours in float32, theirs with ``bf16=True``
+training and a bfloat16 model for inference) so that the gain of each lever can be read apart.
+
+Needs the benchmark extra (``pip install -e ".[benchmark]"``: ``datasets`` and ``accelerate``,
+which ``CrossEncoderTrainer`` requires). A CPU run takes several minutes::
+
+    python benchmarks/throughput.py
+    python benchmarks/throughput.py --matched-precision --output-json throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from benchmarks.gpu_check import run_phase  # noqa: E402
+from datamodules.reranker import RerankerDataModule, RerankListDataset  # noqa: E402
+from lightning_modules.backbones import embedded_minilm_path  # noqa: E402
+
+CONFIG = REPO_ROOT / "configs" / "reranker_cross_encoder.yaml"
+REWRITER_CONFIG = REPO_ROOT / "configs" / "query_rewriting_offline.yaml"
+TRAIN_FILES = [
+    str(REPO_ROOT / "training_data" / "msmarco_sample_feedback.json"),
+    str(REPO_ROOT / "training_data" / "trec_session2013_feedback.json"),
+]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in (
+        "torch",
+        "transformers",
+        "lightning",
+        "sentence-transformers",
+        "datasets",
+        "accelerate",
+    ):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "bf16_autocast_cpu": torch.backends.mkldnn.is_available()
+        and "avx512_bf16" in Path("/proc/cpuinfo").read_text(errors="ignore"),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+# -- the pairs both sides read --------------------------------------------------------------
+
+
+def reranker_data(args: argparse.Namespace, predict: bool = False) -> RerankerDataModule:
+    """Our data module as ``main.py`` builds it from the config (train lists, predict lists)."""
+    import yaml
+
+    init_args = yaml.safe_load(CONFIG.read_text())["data"]["init_args"]
+    data = RerankerDataModule(
+        **{
+            **init_args,
+            "train_files": TRAIN_FILES,
+            "predict_files": TRAIN_FILES if predict else None,
+            "batch_size": args.batch_size,
+        }
+    )
+    data.input_encoder = lambda queries, documents: {}  # (setup asks for one; unused here)
+    data.setup("predict" if predict else "fit")
+    return data
+
+
+def training_pairs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
+    """(query, document, grade) of every training list, sampled as our data module does."""
+    data = reranker_data(args)
+    lists = RerankListDataset(
+        data.train_records,
+        data.document_template,
+        data.max_docs_per_query,
+        sample=True,
+        max_chars=data.max_text_chars,
+        seed=args.seed,
+    )
+    pairs = []
+    for index in range(len(lists)):
+        item = lists[(index, 0)]
+        pairs += [(item.query, d, g) for d, g in zip(item.documents, item.grades, strict=True)]
+    return pairs
+
+
+def prediction_pairs(args: argparse.Namespace, first: int, last: int) -> list[list[str]]:
+    """The (query, document) pairs of records ``first`` to ``last`` of our predict order."""
+    data = reranker_data(args, predict=True)
+    lists = RerankListDataset(
+        data.predict_records,
+        data.document_template,
+        None,
+        sample=False,
+        max_chars=data.max_text_chars,
+    )
+    items = [lists[i] for i in range(first, min(last, len(lists)))]
+    return [[item.query, document] for item in items for document in item.documents]
+
+
+# -- our side -------------------------------------------------------------------------------
+
+
+def ours(
+    command: str, precision: str, args: argparse.Namespace, output: Path, task: str = "reranker"
+) -> dict:
+    """Our side, through ``main.py`` as a user runs it, timed by a PairThroughput callback."""
+    loggers = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(output), "name": f"ours_{task}_{command}"},
+        }
+    ]
+    common = [
+        command,
+        "--config",
+        str(CONFIG if task == "reranker" else REWRITER_CONFIG),
+        f"--trainer.logger={json.dumps(loggers)}",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.accelerator=cpu",
+        f"--trainer.precision={precision}",
+        f"--data.init_args.num_workers={args.num_workers}",
+        f"--seed_everything={args.seed}",
+        f"--model.init_args.model_name_or_path={args.backbone}",
+    ]
+    if task == "reranker":
+        common += [
+            f"--data.init_args.batch_size={args.batch_size}",
+            f"--model.init_args.max_length={args.max_length}",
+        ]
+    if command == "fit":
+        batches = args.train_batches
+        common += [
+            f"--trainer.max_steps={args.warmup + batches}",
+            "--trainer.max_epochs=-1",
+            "--trainer.limit_val_batches=0",
+        ]
+    else:
+        batches = args.predict_batches
+        common += [
+            f"--data.init_args.predict_files={json.dumps(TRAIN_FILES)}",
+            f"--trainer.limit_predict_batches={args.warmup + batches}",
+        ]
+    os.environ["WANDB_MODE"] = "disabled"
+    row = run_phase(f"ours {task} {command} ({precision})", common, warmup=args.warmup)
+    if row["batches_timed"] < batches:  # too little data for the batches asked for
+        raise RuntimeError(f"{row['phase']}: only {row['batches_timed']} of {batches} batches")
+    return row
+
+
+# -- their side: Hugging Face trainers -------------------------------------------------------
+
+
+def precision_name(bf16: bool) -> str:
+    return "bf16" if bf16 else "float32"
+
+
+def trainer_settings(args: argparse.Namespace, bf16: bool) -> dict[str, Any]:
+    """What both Hugging Face trainers are told beyond model and schedule: CPU, the precision,
+    full batches only, and no saving, logging, evaluation or progress bars to time."""
+    return {
+        "bf16": bf16,
+        "use_cpu": True,
+        "dataloader_drop_last": True,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": args.seed,
+    }
+
+
+class StepTimer(TrainerCallback):
+    """Times a Hugging Face trainer's steps after ``warmup`` of them (as PairThroughput does
+    for ours: from the end of the last warm-up step to the end of the last step)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.steps, self.started, self.elapsed = 0, 0.0, 0.0
+
+    def on_step_end(self, train_args, state, control, **kwargs):
+        self.steps += 1
+        if self.steps == self.warmup:
+            self.started = time.perf_counter()
+        elif self.steps > self.warmup:
+            self.elapsed = time.perf_counter() - self.started
+
+    def train(self, trainer, phase: str, pairs_per_step: int) -> dict:
+        """Runs ``trainer`` (which has this callback) and returns its figures."""
+        started = time.perf_counter()
+        trainer.train()
+        timed = self.steps - self.warmup
+        result = {
+            "phase": phase,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "batches_timed": timed,
+            "pairs_per_second": round(timed * pairs_per_step / self.elapsed, 1),
+        }
+        print(json.dumps(result), flush=True)
+        return result
+
+
+def theirs_fit(pairs, batch_size: int, bf16: bool, args: argparse.Namespace, output: Path) -> dict:
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    torch.manual_seed(args.seed)
+    model = CrossEncoder(args.backbone, num_labels=1, max_length=args.max_length)
+    dataset = Dataset.from_dict(
+        {
+            "query": [q for q, _, _ in pairs],
+            "document": [d for _, d, _ in pairs],
+            "label": [float(g > 0) for _, _, g in pairs],
+        }
+    )
+    timer = StepTimer(args.warmup)
+    steps = args.warmup + args.train_batches
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=CrossEncoderTrainingArguments(
+            output_dir=str(output / "theirs_fit"),
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=2e-5,
+            weight_decay=0.01,
+            warmup_ratio=0.1,
+            **trainer_settings(args, bf16),
+        ),
+        train_dataset=dataset,
+        loss=BinaryCrossEntropyLoss(model),
+        callbacks=[timer],
+    )
+    return timer.train(trainer, f"sentence-transformers fit ({precision_name(bf16)})", batch_size)
+
+
+def theirs_predict(warm: list, timed: list, bf16: bool, args: argparse.Namespace) -> dict:
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    torch.manual_seed(args.seed)
+    model_kwargs = {"dtype": torch.bfloat16} if bf16 else {}
+    model = CrossEncoder(
+        args.backbone, num_labels=1, max_length=args.max_length, model_kwargs=model_kwargs
+    )
+    model.predict(warm, batch_size=args.st_predict_batch_size, show_progress_bar=False)
+    started = time.perf_counter()
+    model.predict(timed, batch_size=args.st_predict_batch_size, show_progress_bar=False)
+    elapsed = time.perf_counter() - started
+    result = {
+        "phase": f"sentence-transformers predict ({precision_name(bf16)})",
+        "wall_seconds": round(elapsed, 1),
+        "pairs_timed": len(timed),
+        "pairs_per_second": round(len(timed) / elapsed, 1),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def theirs_seq2seq_fit(bf16: bool, args: argparse.Namespace, output: Path) -> dict:
+    """``Seq2SeqTrainer`` on our rewriter's model, pairs and batch size, tokenised as our
+    collator does (so only the training loops differ)."""
+    import yaml
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from datamodules.query_rewriting import QueryRewritingDataModule
+    from lightning_modules.query_rewriter import QueryRewriter
+
+    config = yaml.safe_load(REWRITER_CONFIG.read_text())
+    torch.manual_seed(args.seed)
+    module = QueryRewriter(**{**config["model"]["init_args"], "model_name_or_path": args.backbone})
+    data_args = config["data"]["init_args"]
+    data = QueryRewritingDataModule(
+        **{**data_args, "train_files": [str(REPO_ROOT / f) for f in data_args["train_files"]]}
+    )
+    data.tokenizer = module.tokenizer
+    data.setup("fit")
+    collate = data.train_dataloader().collate_fn
+    rows = []
+    for index, pair in enumerate(data.train_pairs):
+        batch = collate([(index, pair)])
+        rows.append(
+            {
+                "input_ids": batch.input_ids[0].tolist(),
+                "attention_mask": batch.attention_mask[0].tolist(),
+                "labels": batch.labels[0].tolist(),
+            }
+        )
+
+    timer = StepTimer(args.warmup)
+    batch_size = data_args["batch_size"]
+    trainer = Seq2SeqTrainer(
+        model=module.model,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(output / "theirs_seq2seq"),
+            per_device_train_batch_size=batch_size,
+            max_steps=args.warmup + args.train_batches,
+            learning_rate=config["model"]["init_args"]["learning_rate"],
+            weight_decay=0.01,
+            **trainer_settings(args, bf16),
+        ),
+        train_dataset=Dataset.from_list(rows),
+        data_collator=DataCollatorForSeq2Seq(module.tokenizer, model=module.model),
+        callbacks=[timer],
+    )
+    return timer.train(trainer, f"Seq2SeqTrainer rewriter fit ({precision_name(bf16)})", batch_size)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="model folder for both sides (default: the packaged all-MiniLM-L6-v2)",
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches on each side")
+    parser.add_argument("--train-batches", type=int, default=8, help="timed training batches")
+    parser.add_argument(
+        "--predict-batches", type=int, default=4, help="timed predict batches (of 64 queries)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="queries per batch (ours)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--st-predict-batch-size", type=int, default=32, help="its default")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--matched-precision",
+        action="store_true",
+        help="also run ours in float32 and sentence-transformers in bf16",
+    )
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument(
+        "--skip-rewriter", action="store_true", help="leave out the rewriter vs Seq2SeqTrainer"
+    )
+    parser.add_argument("--output-json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def ratio(ours_row: dict, theirs_row: dict) -> float:
+    return round(ours_row["pairs_per_second"] / theirs_row["pairs_per_second"], 2)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.backbone = str(Path(args.backbone).resolve()) if args.backbone else embedded_minilm_path()
+    output_json = args.output_json.resolve() if args.output_json else None
+    os.chdir(REPO_ROOT)  # the config names its data relative to the repository
+    header = machine()
+    print(json.dumps(header), flush=True)
+    our_precisions = ["bf16-mixed"] + (["32-true"] if args.matched_precision else [])
+    their_bf16 = [False] + ([True] if args.matched_precision else [])
+    comparisons = []
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp)
+        if not args.skip_training:
+            rows_ours = [ours("fit", p, args, output) for p in our_precisions]
+            pairs_per_batch = rows_ours[0]["pairs"] / rows_ours[0]["batches_timed"]
+            batch_size = max(1, round(pairs_per_batch))
+            pairs = training_pairs(args)
+            rows_theirs = [theirs_fit(pairs, batch_size, b, args, output) for b in their_bf16]
+            comparisons.append(
+                {
+                    "task": "training",
+                    "pairs_per_batch": {"ours": round(pairs_per_batch, 1), "theirs": batch_size},
+                    "rows": rows_ours + rows_theirs,
+                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                }
+            )
+        if not args.skip_inference:
+            rows_ours = [ours("predict", p, args, output) for p in our_precisions]
+            queries = reranker_data(args).eval_batch_size  # a predict batch, as configured
+            first = args.warmup * queries
+            last = (args.warmup + args.predict_batches) * queries
+            warm, timed = prediction_pairs(args, 0, first), prediction_pairs(args, first, last)
+            if len(timed) != rows_ours[0]["pairs"]:  # the two sides must rank the same pairs
+                raise RuntimeError(f"{len(timed)} pairs for them, {rows_ours[0]['pairs']} for us")
+            rows_theirs = [theirs_predict(warm, timed, b, args) for b in their_bf16]
+            comparisons.append(
+                {
+                    "task": "inference",
+                    "pairs_timed": {"ours": rows_ours[0]["pairs"], "theirs": len(timed)},
+                    "rows": rows_ours + rows_theirs,
+                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                }
+            )
+        if not args.skip_rewriter:
+            rows_ours = [ours("fit", p, args, output, task="rewriter") for p in our_precisions]
+            rows_theirs = [theirs_seq2seq_fit(b, args, output) for b in their_bf16]
+            comparisons.append(
+                {
+                    "task": "rewriter training",
+                    "rows": rows_ours + rows_theirs,
+                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                }
+            )
+    print(f"\n{header['cpu']} ({header['cores']} cores, {header['torch_threads']} torch threads)")
+    print(
+        ", ".join(
+            f"{k} {header[k]}"
+            for k in ("torch", "transformers", "lightning", "sentence-transformers")
+        )
+    )
+    print("| task | side | pairs/s |\n|---|---|---:|")
+    for comparison in comparisons:
+        for row in comparison["rows"]:
+            print(f"| {comparison['task']} | {row['phase']} | {row['pairs_per_second']} |")
+    for comparison in comparisons:
+        ours_row, theirs_row = comparison["rows"][0], comparison["rows"][len(our_precisions)]
+        print(
+            f"{comparison['task']}: ours / sentence-transformers = {comparison['ratio']}x "
+            f"({ours_row['phase']} vs {theirs_row['phase']}; target 1.5x)"
+        )
+    if output_json:
+        output_json.parent.mkdir(parents=True, exist_ok=True)
+        output_json.write_text(
+            json.dumps({"machine": header, "comparisons": comparisons}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
