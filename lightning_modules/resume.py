@@ -63,3 +63,25 @@ class FeedbackModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_rng_states(checkpoint)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning refuses to clip for a fused optimizer under mixed precision, because with a
+        # GradScaler (fp16) the gradients are still scaled at this point. bf16 has no scaler:
+        # the gradients are the true ones, and clipping them here is what Lightning would do.
+        # (With a scaler the optimizer is not fused: see lightning_modules/optim.py.)
+        fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        if fused and gradient_clip_val and not has_grad_scaler(self.trainer):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def has_grad_scaler(trainer: L.Trainer) -> bool:
+    """True when gradients reach the optimizer scaled (fp16 mixed precision)."""
+    return getattr(trainer.precision_plugin, "scaler", None) is not None
