@@ -149,9 +149,15 @@ def prediction_pairs(args: argparse.Namespace, first: int, last: int) -> list[li
 
 
 def ours(
-    command: str, precision: str, args: argparse.Namespace, output: Path, task: str = "reranker"
+    command: str,
+    precision: str,
+    args: argparse.Namespace,
+    output: Path,
+    task: str = "reranker",
+    lever: str | None = None,
 ) -> dict:
-    """Our side, through ``main.py`` as a user runs it, timed by a PairThroughput callback."""
+    """Our side, through ``main.py`` as a user runs it, timed by a PairThroughput callback;
+    ``lever``: a boolean model option turned on (``torch_compile``, ``gradient_checkpointing``)."""
     loggers = [
         {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -192,7 +198,10 @@ def ours(
             f"--trainer.limit_predict_batches={args.warmup + batches}",
         ]
     os.environ["WANDB_MODE"] = "disabled"
-    row = run_phase(f"ours {task} {command} ({precision})", common, warmup=args.warmup)
+    if lever:
+        common.append(f"--model.init_args.{lever}=true")
+    label = precision + (f", {lever}" if lever else "")
+    row = run_phase(f"ours {task} {command} ({label})", common, warmup=args.warmup)
     if row["batches_timed"] < batches:  # too little data for the batches asked for
         raise RuntimeError(f"{row['phase']}: only {row['batches_timed']} of {batches} batches")
     return row
@@ -388,6 +397,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run ours in float32 and sentence-transformers in bf16",
     )
+    parser.add_argument(
+        "--levers",
+        nargs="*",
+        default=[],
+        choices=["torch_compile", "gradient_checkpointing"],
+        help="also time our reranker fit with these options on (one row each)",
+    )
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument(
@@ -415,6 +431,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         output = Path(tmp)
         if not args.skip_training:
             rows_ours = [ours("fit", p, args, output) for p in our_precisions]
+            rows_ours += [ours("fit", "bf16-mixed", args, output, lever=x) for x in args.levers]
             pairs_per_batch = rows_ours[0]["pairs"] / rows_ours[0]["batches_timed"]
             batch_size = max(1, round(pairs_per_batch))
             pairs = training_pairs(args)
@@ -466,7 +483,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         for row in comparison["rows"]:
             print(f"| {comparison['task']} | {row['phase']} | {row['pairs_per_second']} |")
     for comparison in comparisons:
-        ours_row, theirs_row = comparison["rows"][0], comparison["rows"][len(our_precisions)]
+        ours_row = comparison["rows"][0]
+        theirs_row = next(r for r in comparison["rows"] if not r["phase"].startswith("ours"))
         print(
             f"{comparison['task']}: ours / theirs = {comparison['ratio']}x "
             f"({ours_row['phase']} vs {theirs_row['phase']}"

@@ -44,6 +44,8 @@ def test_throughput_script_compares_each_task_on_equal_work(tmp_path, tiny_backb
             "2",
             "--max-length",
             "64",
+            "--levers",
+            "gradient_checkpointing",
             "--output-json",
             str(out),
         ]
@@ -53,6 +55,9 @@ def test_throughput_script_compares_each_task_on_equal_work(tmp_path, tiny_backb
     assert result["machine"]["sentence-transformers"] and result["machine"]["cores"] >= 1
     comparisons = {c["task"]: c for c in result["comparisons"]}
     assert set(comparisons) == {"training", "inference", "rewriter training"}
+    levers = comparisons["training"]["rows"].pop(1)  # our fit with the lever on, 2nd row
+    assert levers["phase"] == "ours reranker fit (bf16-mixed, gradient_checkpointing)"
+    assert levers["pairs"] == comparisons["training"]["rows"][0]["pairs"]  # the same batches
     for comparison in comparisons.values():
         ours, theirs = comparison["rows"]
         assert ours["phase"].startswith("ours") and not theirs["phase"].startswith("ours")
