@@ -69,11 +69,17 @@ class _JsonLinesFile:
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # not shared across a fork
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # (O_BINARY: Windows)
+            self._fd, self._pid = os.open(self.path, flags), os.getpid()
         return self._fd
 
     def record(self, offset: int, length: int, crc: int, index: int) -> Any:
-        line = os.pread(self._descriptor(), length, offset)
+        descriptor = self._descriptor()
+        if hasattr(os, "pread"):
+            line = os.pread(descriptor, length, offset)
+        else:  # Windows: this descriptor is this process's own, so seek + read is safe
+            os.lseek(descriptor, offset, os.SEEK_SET)
+            line = os.read(descriptor, length)
         if len(line) != length or zlib.crc32(line) != crc:
             # Appending to a log is fine (earlier lines keep their place); rewriting it during a
             # run is not: the record read now is not the one that was validated and split.
@@ -277,15 +283,9 @@ def _byte_ranges(path: Path, parts: int) -> list[ByteRange]:
 
 
 def _default_workers() -> int:
-    return max(
-        1,
-        min(
-            8,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1,
-        ),
-    )
+    """One reading process per core this process may use, at most 8."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(8, len(usable) if usable else os.cpu_count() or 1))
 
 
 def index_feedback(
