@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,20 @@ def _read_wandb_run(run_file: Path) -> dict:
     LevelDB's: 32 KiB blocks of chunks ``crc32 | length (2 bytes, LE) | type | payload``
     (type 1 whole, 2 first, 3 middle, 4 last), after a 7-byte ``:W&B`` file header.
     """
+    # wandb-core writes the file from its own process and may still be flushing it for a
+    # moment after wandb.finish() returns (CI once read it with the header alone): wait until
+    # it holds the run's exit record, i.e. the whole run, as `wandb sync` will find it.
+    deadline = time.monotonic() + 30
+    while True:
+        decoded = _decode_wandb_file(run_file)
+        if decoded is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert decoded is not None, f"{run_file} holds no finished run"
+    return decoded
+
+
+def _decode_wandb_file(run_file: Path) -> dict | None:
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = run_file.read_bytes()
@@ -144,11 +159,12 @@ def _read_wandb_run(run_file: Path) -> dict:
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             payloads.append(pending)
-    run, config, history = None, {}, []
+    run, config, history, finished = None, {}, [], False
     for payload in payloads:
         record = pb.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
+        finished = finished or kind == "exit"
         if kind == "run":
             run = record.run
             config.update({item.key: json.loads(item.value_json) for item in run.config.update})
@@ -163,7 +179,8 @@ def _read_wandb_run(run_file: Path) -> dict:
                     parent = parent.setdefault(part, {})
                 parent[path[-1]] = json.loads(item.value_json)
             history.append(row)
-    assert run is not None, f"{run_file} holds no run record"
+    if run is None or not finished:
+        return None
     return {
         "name": run.display_name,
         "tags": list(run.tags),
