@@ -112,6 +112,19 @@ def wandb_sandbox(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def quiet_short_trainer(config: dict, **overrides) -> None:
+    """A loaded YAML config's trainer made short and quiet for a test: 2 epochs in float32,
+    a log row every step, no progress bar or model summary (plus ``overrides``)."""
+    config["trainer"].update(
+        max_epochs=2,
+        precision="32-true",
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **overrides,
+    )
+
+
 def point_loggers_at(config: dict, folder: Path) -> None:
     """Send every logger of a loaded YAML config (one or a list) to ``folder``."""
     loggers = config["trainer"]["logger"]

@@ -16,7 +16,7 @@ from datamodules.query_rewriting import QueryRewritingDataModule, RewriteInputFo
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter
-from tests.conftest import point_loggers_at
+from tests.conftest import point_loggers_at, quiet_short_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_T5 = {
@@ -71,14 +71,7 @@ def data_files(tmp_path) -> tuple[Path, Path]:
 
 def write_config(tmp_path: Path, backbone: Path, files: list[Path]) -> Path:
     config = yaml.safe_load((REPO / "configs" / "query_rewriting_offline.yaml").read_text())
-    config["trainer"].update(
-        max_epochs=2,
-        precision="32-true",
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    quiet_short_trainer(config, default_root_dir=str(tmp_path))
     point_loggers_at(config, tmp_path / "logs")
     config["model"]["init_args"] = {
         "model_name_or_path": str(backbone),

@@ -11,7 +11,7 @@ import yaml
 
 import main
 from lightning_modules.loggers import data_content_hash
-from tests.conftest import point_loggers_at
+from tests.conftest import point_loggers_at, quiet_short_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def write_config(tmp_path: Path, backbone: Path, feedback: Path, stem: str = "ablation") -> Path:
     """configs/reranker.yaml (W&B + CSV loggers as shipped) on a tiny model and file."""
     config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
-    config["trainer"].update(
-        max_epochs=2,
-        precision="32-true",
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    quiet_short_trainer(config)
     point_loggers_at(config, tmp_path / "logs")
     config["model"]["init_args"].update(
         model_name_or_path=str(backbone), max_length=48, max_query_length=16

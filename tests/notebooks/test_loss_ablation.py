@@ -12,17 +12,23 @@ import jupytext
 import nbformat
 import papermill
 
+from lightning_modules.losses import RankingLoss
+
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "loss_ablation.ipynb"
 SCRIPT = REPO / "notebooks" / "loss_ablation.py"
-LOSSES = [
-    "PointwiseBCELoss",
-    "RankNetLoss",
-    "ListNetLoss",
-    "SoftmaxCrossEntropyLoss",
-    "ListMLELoss",
-    "LambdaLoss",
-]
+
+
+def public_losses(base: type) -> list[str]:
+    """Every public ranking loss of lightning_modules/losses.py, in definition order."""
+    found = []
+    for cls in base.__subclasses__():
+        found += ([] if cls.__name__.startswith("_") else [cls.__name__]) + public_losses(cls)
+    return found
+
+
+# The ablation covers every loss the project has: a new loss must join the notebook.
+LOSSES = public_losses(RankingLoss)
 
 
 def cells(notebook) -> list[tuple[str, str]]:
