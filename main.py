@@ -10,18 +10,46 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import yaml
+from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.callbacks import load_weights
 from lightning_modules.loggers import FeedbackWandbLogger, describe_run
+from lightning_modules.precision import AUTO, describe_cpu, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 class FeedbackTrainer(L.Trainer):
-    """Lightning's Trainer plus the ``export`` subcommand."""
+    """Lightning's Trainer with ``precision: auto`` (the default) and the ``export`` and
+    ``promote`` subcommands.
+
+    Args:
+        precision: ``auto`` picks what the hardware runs natively (bf16 autocast only where bf16
+            is native, fp16 on GPUs without bf16, float32 otherwise; see
+            :mod:`lightning_modules.precision`), logs the choice and keeps it in
+            ``precision_choice``. Any of Lightning's values is used as given.
+        accelerator: as Lightning's (``auto`` by default).
+        **kwargs: every other Trainer argument.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | L.pytorch.accelerators.Accelerator = "auto",
+        precision: _PRECISION_INPUT | Literal["auto"] | None = AUTO,
+        **kwargs: Any,
+    ) -> None:
+        self.precision_choice = resolve_precision(precision, accelerator)
+        log.info(self.precision_choice.describe())
+        super().__init__(
+            accelerator=accelerator, precision=self.precision_choice.precision, **kwargs
+        )
 
     def export(
         self,
@@ -101,6 +129,14 @@ class SaveAndLogConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         config.pop("config", None)  # the paths of the YAML files, not a setting
+        choice = getattr(trainer, "precision_choice", None)
+        if choice is not None:  # what `precision: auto` became on this machine, and why
+            config["resolved_precision"] = {
+                "precision": str(choice.precision),
+                "device": choice.device,
+                "reason": choice.reason,
+                "cpu": describe_cpu(),
+            }
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(config, allow_val_change=True)

@@ -135,7 +135,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per fit")
     parser.add_argument("--batch-size", type=int, default=16, help="queries (pairs) per batch")
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="trainer precision (auto: what the hardware runs natively)",
+    )
     parser.add_argument("--backbone", default=None, help="reranker/rewriter backbone folder")
     parser.add_argument(
         "--limit-eval-batches", type=int, default=None, help="cap validation/predict batches"

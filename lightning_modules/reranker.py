@@ -9,6 +9,7 @@ scored and how the model is written out.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -58,6 +59,13 @@ class RerankerModule(FeedbackModule):
             new feedback then continues from what is deployed; the export records the lineage.
         torch_compile: ``torch.compile`` the backbone (opt-in; see ``benchmarks/``).
         gradient_checkpointing: trade compute for activation memory (large backbones).
+        attention_dropout: dropout on the attention probabilities while training (``None``:
+            the backbone's own, 0.1 for BERT). At 0, PyTorch's fused (flash) attention kernel
+            runs on CPU as on GPU; with dropout, attention falls back to the unfused path, which
+            keeps every ``[heads, L, L]`` probability matrix for the backward pass (measured:
+            40% of a training step's activation memory, ``benchmarks/profile_fit.py``).
+        chunk_size: sequences per forward pass; a batch's sequences are sorted by length and
+            each chunk is padded to its own longest (smaller chunks: less padding).
     """
 
     architecture: str = ""
@@ -76,9 +84,17 @@ class RerankerModule(FeedbackModule):
         init_from: str | None = None,
         torch_compile: bool = False,
         gradient_checkpointing: bool = False,
+        attention_dropout: float | None = None,
+        chunk_size: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
+        if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.attention_dropout = attention_dropout
+        self.chunk_size = chunk_size
         self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
@@ -121,6 +137,29 @@ class RerankerModule(FeedbackModule):
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------
+
+    def _from_pretrained(self, auto_class, **kwargs: Any):
+        """The backbone, with ``attention_dropout`` applied (refused where the backbone has no
+        such setting, rather than silently ignored)."""
+        if self.attention_dropout is not None:
+            kwargs["attention_probs_dropout_prob"] = self.attention_dropout
+        model = auto_class.from_pretrained(
+            self.model_path, trust_remote_code=self.trust_remote_code, **kwargs
+        )
+        if self.attention_dropout is not None:
+            for module in model.modules():  # (modules read it from the config at init)
+                if hasattr(module, "dropout_prob"):
+                    module.dropout_prob = self.attention_dropout
+            if getattr(model.config, "attention_probs_dropout_prob", None) != (
+                self.attention_dropout
+            ):
+                raise ValueError(
+                    f"attention_dropout: {type(model).__name__} has no "
+                    "attention_probs_dropout_prob setting; leave attention_dropout at null"
+                )
+        return model.train()  # from_pretrained returns eval mode; dropout belongs to training
+
+    # -- scoring ----------------------------------------------------------------------------
 
     def score_batch(self, batch: RerankBatch) -> torch.Tensor:
         """``[B, L]`` float32 scores; padding slots hold 0 and are masked everywhere downstream.
@@ -285,12 +324,12 @@ class CrossEncoderReranker(RerankerModule):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_path, num_labels=1, trust_remote_code=self.trust_remote_code
-        ).train()  # from_pretrained returns eval mode; dropout belongs to training
+        self.model = self._from_pretrained(AutoModelForSequenceClassification, num_labels=1)
 
     def input_encoder(self) -> CrossEncoderInputs:
-        return CrossEncoderInputs(self.tokenizer, self.max_length, self.max_query_length)
+        return CrossEncoderInputs(
+            self.tokenizer, self.max_length, self.max_query_length, self.chunk_size
+        )
 
     def score_inputs(self, inputs):
         pairs: ChunkedInputs = inputs["pairs"]
@@ -326,6 +365,10 @@ class BiEncoderReranker(RerankerModule):
             each training list close to the untouched backbone's (a frozen copy): fine-tuning
             on a few hundred noisy lists then adds to what the backbone knows instead of
             overwriting it. 0 turns it off (and keeps no copy).
+        anchor_cache_size: the frozen copy's embeddings never change, so each distinct text is
+            embedded by it once per fit and then served from memory (queries and documents, by
+            their token ids; ~1.5 KiB a text at 384 dimensions). Texts past this many are
+            embedded again on every step. 0: no cache.
     """
 
     architecture = "bi-encoder"
@@ -338,6 +381,7 @@ class BiEncoderReranker(RerankerModule):
         learn_temperature: bool = True,
         in_batch_negatives: bool = False,
         anchor_weight: float = 0.0,
+        anchor_cache_size: int = 200_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -354,9 +398,7 @@ class BiEncoderReranker(RerankerModule):
         self.in_batch_negatives = in_batch_negatives
         self.anchor_weight = anchor_weight
         self.anchor_temperature = temperature
-        self.model = AutoModel.from_pretrained(
-            self.model_path, trust_remote_code=self.trust_remote_code
-        ).train()  # from_pretrained returns eval mode; dropout belongs to training
+        self.model = self._from_pretrained(AutoModel)
         # Mean pooling never reads BERT's [CLS] pooler: frozen, it is neither trained nor (under
         # DDP) a parameter without a gradient, which DDP refuses.
         pooler = getattr(self.model, "pooler", None)
@@ -369,6 +411,7 @@ class BiEncoderReranker(RerankerModule):
         self._anchor: list[torch.nn.Module] = []
         if anchor_weight > 0:
             self._anchor.append(copy.deepcopy(self.model).eval().requires_grad_(False))
+        self._anchor_cache = EmbeddingCache(anchor_cache_size)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -376,7 +419,9 @@ class BiEncoderReranker(RerankerModule):
             anchor.to(self.device)
 
     def input_encoder(self) -> BiEncoderInputs:
-        return BiEncoderInputs(self.tokenizer, self.max_length, self.max_query_length)
+        return BiEncoderInputs(
+            self.tokenizer, self.max_length, self.max_query_length, self.chunk_size
+        )
 
     def embed(
         self, features: dict[str, torch.Tensor], model: torch.nn.Module | None = None
@@ -419,6 +464,19 @@ class BiEncoderReranker(RerankerModule):
             return scores
         return torch.cat([scores, similarity], dim=1)
 
+    @torch.no_grad()
+    def anchor_scores(self, batch: RerankBatch) -> torch.Tensor:
+        """The untouched backbone's training-list scores (the anchor's target), its embeddings
+        served from :class:`EmbeddingCache` where it has seen a text before."""
+
+        def embed(features: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self._anchor_cache.embed(features, lambda f: self.embed(f, self._anchor[0]))
+
+        queries = embed(batch.inputs["queries"])
+        chunked: ChunkedInputs = batch.inputs["documents"]
+        documents = unchunk([embed(chunk) for chunk in chunked["chunks"]], chunked["order"])
+        return self._training_lists(batch, queries, documents, self.anchor_temperature)
+
     def training_step(self, batch: RerankBatch, batch_idx: int) -> torch.Tensor:
         queries, documents = self.embed_batch(batch.inputs)
         scores = self._training_lists(batch, queries, documents, self.log_temperature.exp())
@@ -433,12 +491,7 @@ class BiEncoderReranker(RerankerModule):
         loss = self.loss(scores, labels, mask)
         self.log("train/ranking_loss", loss, batch_size=size)
         if self._anchor:
-            with torch.no_grad():
-                anchor_q, anchor_d = self.embed_batch(batch.inputs, self._anchor[0])
-                anchor_scores = self._training_lists(
-                    batch, anchor_q, anchor_d, self.anchor_temperature
-                )
-            anchor = listwise_distillation(scores, anchor_scores, mask)
+            anchor = listwise_distillation(scores, self.anchor_scores(batch), mask)
             self.log("train/anchor_loss", anchor, batch_size=size)
             loss = loss + self.anchor_weight * anchor
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
@@ -458,3 +511,50 @@ class BiEncoderReranker(RerankerModule):
             max_seq_length=self.max_length,
             normalize=self.similarity == "cosine",
         )
+
+
+class EmbeddingCache:
+    """Embeddings of a frozen encoder by the token ids of each text, up to ``capacity`` texts.
+
+    ``embed(features, encode)`` returns ``encode``'s embeddings of the rows of a padded batch,
+    encoding only the rows it has not seen (trimmed to their own longest, in one pass). A row's
+    embedding then no longer depends on which other rows shared its pass: equal to what a
+    fresh pass gives up to float rounding (~1e-7), and served from memory on later epochs.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"anchor_cache_size must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _keys(features: dict[str, torch.Tensor]) -> list[bytes]:
+        ids = features["input_ids"].cpu().numpy()
+        mask = features["attention_mask"].cpu().numpy().astype(bool)
+        return [
+            hashlib.blake2b(row[keep].tobytes(), digest_size=16).digest()
+            for row, keep in zip(ids, mask, strict=True)
+        ]
+
+    def embed(self, features: dict[str, torch.Tensor], encode) -> torch.Tensor:
+        if self.capacity == 0:
+            return encode(features)
+        keys = self._keys(features)
+        missing = [i for i, key in enumerate(keys) if key not in self.rows]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            index = torch.tensor(missing, device=features["input_ids"].device)
+            # (the last column any of them uses: right padding is trimmed, left padding kept)
+            used = features["attention_mask"][index].any(0).nonzero()
+            width = int(used.max()) + 1 if len(used) else features["input_ids"].shape[1]
+            subset = {k: v[index][:, :width] for k, v in features.items()}
+            for i, row in zip(missing, encode(subset), strict=True):
+                fresh[i] = row
+                if len(self.rows) < self.capacity:
+                    self.rows[keys[i]] = row
+        return torch.stack([fresh[i] if i in fresh else self.rows[k] for i, k in enumerate(keys)])

@@ -51,7 +51,7 @@ LIMIT_VAL_BATCHES = 1.0
 CONFIG = "configs/reranker.yaml"
 BACKBONE = ""  # empty: the config's (the packaged all-MiniLM-L6-v2)
 TRAIN_FILES: list[str] = []  # empty: the config's (the shipped feedback)
-PRECISION = "bf16-mixed"
+PRECISION = "auto"  # bf16 autocast where the hardware has native bf16, else fp32
 MAX_LENGTH = 256
 OUTPUT_DIR = "logs/loss_ablation"
 

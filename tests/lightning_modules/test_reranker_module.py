@@ -54,3 +54,80 @@ def test_anchor_is_a_frozen_copy_outside_the_state_dict(tiny_backbone):
     module.training_step(batch, 0).backward()
     optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(before, anchor.parameters(), strict=True))
+
+
+def test_anchor_cache_serves_what_the_frozen_copy_computes(tiny_backbone):
+    kwargs = {"model_name_or_path": str(tiny_backbone), "in_batch_negatives": True}
+    cached = BiEncoderReranker(anchor_weight=1.0, **kwargs)
+    uncached = BiEncoderReranker(anchor_weight=1.0, anchor_cache_size=0, **kwargs)
+    batch = ListwiseCollator(cached.input_encoder())(lists())
+    first = cached.anchor_scores(batch)
+    expected = uncached.anchor_scores(batch)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    cache = cached._anchor_cache
+    # 2 queries + 5 documents, all new: encoded once, then served from memory
+    assert (cache.misses, cache.hits, len(cache.rows)) == (7, 0, 7)
+    again = cached.anchor_scores(batch)
+    assert (cache.misses, cache.hits) == (7, 7)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    # a new batch encodes only what it has not seen: texts are keyed by their token ids, so
+    # the query "red fruit" is the document "red fruit" seen before; "banana tree" is new
+    more = [RerankList(0, "red fruit", ["red fruit", "banana tree"], [1, 0], [0, 1])]
+    cached.anchor_scores(ListwiseCollator(cached.input_encoder())(more))
+    assert (cache.misses, cache.hits) == (7 + 1, 7 + 2)
+    assert uncached._anchor_cache.rows == {}
+
+
+def test_anchor_cache_is_bounded(tiny_backbone):
+    module = BiEncoderReranker(
+        model_name_or_path=str(tiny_backbone), anchor_weight=1.0, anchor_cache_size=3
+    )
+    batch = ListwiseCollator(module.input_encoder())(lists())
+    module.anchor_scores(batch)
+    assert len(module._anchor_cache.rows) == 3
+    reference = BiEncoderReranker(
+        model_name_or_path=str(tiny_backbone), anchor_weight=1.0, anchor_cache_size=0
+    ).anchor_scores(batch)
+    torch.testing.assert_close(module.anchor_scores(batch), reference, atol=1e-5, rtol=1e-5)
+
+
+def saved_attention_matrices(module, batch) -> list[tuple[int, ...]]:
+    """Shapes of the ``[B, heads, L, L]`` tensors autograd keeps from one training forward
+    (the attention mask, ``[B, 1, L, L]``, is an input either way)."""
+    shapes = []
+    heads = module.model.config.num_attention_heads
+
+    def pack(tensor):
+        if tensor.dim() == 4 and tensor.shape[1] == heads and tensor.shape[-1] == tensor.shape[-2]:
+            shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module.training_step(batch, 0)
+    return shapes
+
+
+def test_attention_dropout_zero_keeps_no_attention_matrices(tiny_backbone):
+    default = BiEncoderReranker(model_name_or_path=str(tiny_backbone))
+    fused = BiEncoderReranker(model_name_or_path=str(tiny_backbone), attention_dropout=0.0)
+    assert default.model.config.attention_probs_dropout_prob == 0.1
+    assert fused.model.config.attention_probs_dropout_prob == 0.0
+    batch = ListwiseCollator(default.input_encoder())(lists())
+    # with dropout, attention runs unfused and keeps every probability matrix for backward
+    assert saved_attention_matrices(default, batch)
+    assert saved_attention_matrices(fused, batch) == []
+    # evaluation is unchanged: dropout is off there either way
+    default.eval(), fused.eval()
+    fused.model.load_state_dict(default.model.state_dict())
+    torch.testing.assert_close(fused.score_batch(batch), default.score_batch(batch))
+
+
+def test_chunk_size_sets_the_sequences_per_forward(tiny_backbone):
+    module = BiEncoderReranker(model_name_or_path=str(tiny_backbone), chunk_size=2)
+    batch = ListwiseCollator(module.input_encoder())(lists())
+    chunks = batch.inputs["documents"]["chunks"]
+    assert [len(chunk["input_ids"]) for chunk in chunks] == [2, 2, 1]
+    module.eval()
+    whole = BiEncoderReranker(model_name_or_path=str(tiny_backbone), chunk_size=64).eval()
+    whole_batch = ListwiseCollator(whole.input_encoder())(lists())
+    torch.testing.assert_close(module.score_batch(batch), whole.score_batch(whole_batch))
