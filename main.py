@@ -15,12 +15,14 @@ from typing import Any, Literal
 import lightning as L
 import yaml
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.callbacks import load_weights
 from lightning_modules.loggers import FeedbackWandbLogger, describe_run
 from lightning_modules.precision import AUTO, describe_cpu, resolve_precision
+from lightning_modules.progress import LogProgress, is_interactive
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class FeedbackTrainer(L.Trainer):
             is native, fp16 on GPUs without bf16, float32 otherwise; see
             :mod:`lightning_modules.precision`), logs the choice and keeps it in
             ``precision_choice``. Any of Lightning's values is used as given.
+
+    When standard error is not a terminal (``nohup``, SLURM, CI) and no progress bar callback
+    is configured, progress is written as lines (:class:`~lightning_modules.progress.LogProgress`).
         accelerator: as Lightning's (``auto`` by default).
         **kwargs: every other Trainer argument.
     """
@@ -47,6 +52,12 @@ class FeedbackTrainer(L.Trainer):
     ) -> None:
         self.precision_choice = resolve_precision(precision, accelerator)
         log.info(self.precision_choice.describe())
+        if kwargs.get("enable_progress_bar") is not False and not is_interactive():
+            # Redirected output (nohup, SLURM, CI): progress as whole lines, not a redrawn bar.
+            callbacks = kwargs.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+            if not any(isinstance(c, ProgressBar) for c in callbacks):
+                kwargs["callbacks"] = [*callbacks, LogProgress()]
         super().__init__(
             accelerator=accelerator, precision=self.precision_choice.precision, **kwargs
         )
