@@ -14,16 +14,19 @@ Both sides get the packaged all-MiniLM-L6-v2 with a fresh one-logit head, the sh
 Rates are (query, source) pairs a second, measured after ``--warmup`` batches on each side
 (ours: from the end of the last warm-up batch to the end of the last batch, data loading and
 tokenisation included; theirs: the same over trainer steps, and one timed ``predict`` call after
-an untimed one). Our side runs as configured (``precision: bf16-mixed``, which autocasts to
-bfloat16 where the CPU has it); sentence-transformers runs as it does by default (float32).
-``--matched-precision`` adds the two other rows (ours in float32, theirs with ``bf16=True``
-training and a bfloat16 model for inference) so that the gain of each lever can be read apart.
+an untimed one). **Both sides run at the same precision**: float32, and also bf16 where the CPU
+runs it natively (AVX512_BF16 or AMX: ``lightning_modules.precision``); ``--precisions`` picks
+others. Each ratio compares one precision on both sides. Both sides train with the attention
+dropout of our config. The machine's CPU capability is printed with every figure, and so is how
+close each side comes to the machine's limit: model FLOP/s achieved (from the backbone's
+parameter count and the real tokens of the pairs processed) over the FLOP/s of a large matmul
+timed in the same run, at the same precision.
 
 Needs the benchmark extra (``pip install -e ".[benchmark]"``: ``datasets`` and ``accelerate``,
 which ``CrossEncoderTrainer`` requires). A CPU run takes several minutes::
 
     python benchmarks/throughput.py
-    python benchmarks/throughput.py --matched-precision --output-json throughput.json
+    python benchmarks/throughput.py --precisions 32-true --output-json throughput.json
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ from transformers import TrainerCallback  # noqa: E402
 from benchmarks.gpu_check import run_phase  # noqa: E402
 from datamodules.reranker import RerankerDataModule, RerankListDataset  # noqa: E402
 from lightning_modules.backbones import embedded_minilm_path  # noqa: E402
+from lightning_modules.precision import (  # noqa: E402
+    cpu_capability,
+    cpu_has_native_bf16,
+    describe_cpu,
+)
 
 CONFIG = REPO_ROOT / "configs" / "reranker_cross_encoder.yaml"
 REWRITER_CONFIG = REPO_ROOT / "configs" / "query_rewriting_offline.yaml"
@@ -85,8 +93,9 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "bf16_autocast_cpu": torch.backends.mkldnn.is_available()
-        and "avx512_bf16" in Path("/proc/cpuinfo").read_text(errors="ignore"),
+        "cpu_capability": describe_cpu(),
+        **{f"cpu_{k}": v for k, v in cpu_capability().items() if k != "threads"},
+        "native_bf16": cpu_has_native_bf16(),
         "python": platform.python_version(),
         **versions,
     }
@@ -214,6 +223,65 @@ def precision_name(bf16: bool) -> str:
     return "bf16" if bf16 else "float32"
 
 
+def attention_dropout_kwargs() -> dict[str, float]:
+    """Our config's attention dropout, for their model too (both sides train the same net)."""
+    import yaml
+
+    value = yaml.safe_load(CONFIG.read_text())["model"]["init_args"].get("attention_dropout")
+    return {} if value is None else {"attention_probs_dropout_prob": value}
+
+
+# -- how close to the machine's limit --------------------------------------------------------
+
+
+def matmul_flops(bf16: bool, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large square matmul on this CPU (bf16 under autocast, as our side runs)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.no_grad()
+    with context:
+        a @ b
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        elapsed = time.perf_counter() - started
+    return 2 * size**3 * repeats / elapsed
+
+
+def encoder_shape(backbone: str) -> dict[str, float]:
+    """Non-embedding parameters, layers and width of a BERT-like backbone."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(backbone)
+    model = AutoModel.from_config(config)
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "non_embedding_params": total - embedding,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+    }
+
+
+def tokens_per_pair(pairs: Sequence[Sequence[str]], backbone: str, max_length: int) -> float:
+    """Mean real (unpadded) tokens of the (query, document) pairs, truncated to ``max_length``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    queries, documents = [p[0] for p in pairs], [p[1] for p in pairs]
+    encoded = tokenizer(queries, documents, truncation=True, max_length=max_length)
+    return sum(len(ids) for ids in encoded["input_ids"]) / max(len(pairs), 1)
+
+
+def utilisation(row: dict, shape: dict, tokens: float, training: bool, peak: float) -> None:
+    """Adds model FLOP/s (6N + 12 layers x width x length per token in training, a third of
+    that in inference; Kaplan et al. 2020) and its share of the matmul peak to ``row``."""
+    per_token = shape["non_embedding_params"] * 2 + 4 * shape["layers"] * shape["hidden"] * tokens
+    per_token *= 3 if training else 1
+    achieved = row["pairs_per_second"] * tokens * per_token
+    row["model_gflops"] = round(achieved / 1e9, 1)
+    row["share_of_matmul_peak"] = round(achieved / peak, 3)
+
+
 def trainer_settings(args: argparse.Namespace, bf16: bool) -> dict[str, Any]:
     """What both Hugging Face trainers are told beyond model and schedule: CPU, the precision,
     full batches only, and no saving, logging, evaluation or progress bars to time."""
@@ -270,7 +338,12 @@ def theirs_fit(pairs, batch_size: int, bf16: bool, args: argparse.Namespace, out
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     torch.manual_seed(args.seed)
-    model = CrossEncoder(args.backbone, num_labels=1, max_length=args.max_length)
+    model = CrossEncoder(
+        args.backbone,
+        num_labels=1,
+        max_length=args.max_length,
+        config_kwargs=attention_dropout_kwargs(),
+    )
     dataset = Dataset.from_dict(
         {
             "query": [q for q, _, _ in pairs],
@@ -304,7 +377,11 @@ def theirs_predict(warm: list, timed: list, bf16: bool, args: argparse.Namespace
     torch.manual_seed(args.seed)
     model_kwargs = {"dtype": torch.bfloat16} if bf16 else {}
     model = CrossEncoder(
-        args.backbone, num_labels=1, max_length=args.max_length, model_kwargs=model_kwargs
+        args.backbone,
+        num_labels=1,
+        max_length=args.max_length,
+        model_kwargs=model_kwargs,
+        config_kwargs=attention_dropout_kwargs(),
     )
     model.predict(warm, batch_size=args.st_predict_batch_size, show_progress_bar=False)
     started = time.perf_counter()
@@ -393,9 +470,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
-        "--matched-precision",
-        action="store_true",
-        help="also run ours in float32 and sentence-transformers in bf16",
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=["32-true", "bf16-mixed"],
+        help="the precisions both sides run at, each a row pair (default: 32-true, and "
+        "bf16-mixed where the CPU has native bf16)",
     )
     parser.add_argument(
         "--levers",
@@ -424,71 +504,100 @@ def run(argv: Sequence[str] | None = None) -> int:
     os.chdir(REPO_ROOT)  # the config names its data relative to the repository
     header = machine()
     print(json.dumps(header), flush=True)
-    our_precisions = ["bf16-mixed"] + (["32-true"] if args.matched_precision else [])
-    their_bf16 = [False] + ([True] if args.matched_precision else [])
+    precisions = args.precisions or ["32-true"] + (["bf16-mixed"] if cpu_has_native_bf16() else [])
+    shape = encoder_shape(args.backbone)
+    peaks = {p: matmul_flops(p.startswith("bf16")) for p in precisions}
+    header["matmul_gflops"] = {p: round(v / 1e9, 1) for p, v in peaks.items()}
+    print(json.dumps({"matmul_gflops": header["matmul_gflops"]}), flush=True)
     comparisons = []
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp)
         if not args.skip_training:
-            rows_ours = [ours("fit", p, args, output) for p in our_precisions]
-            rows_ours += [ours("fit", "bf16-mixed", args, output, lever=x) for x in args.levers]
-            pairs_per_batch = rows_ours[0]["pairs"] / rows_ours[0]["batches_timed"]
-            batch_size = max(1, round(pairs_per_batch))
             pairs = training_pairs(args)
-            rows_theirs = [theirs_fit(pairs, batch_size, b, args, output) for b in their_bf16]
-            comparisons.append(
-                {
-                    "task": "training",
-                    "pairs_per_batch": {"ours": round(pairs_per_batch, 1), "theirs": batch_size},
-                    "rows": rows_ours + rows_theirs,
-                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
-                }
-            )
+            tokens = tokens_per_pair(pairs, args.backbone, args.max_length)
+            for precision in precisions:
+                bf16 = precision.startswith("bf16")
+                rows_ours = [ours("fit", precision, args, output)]
+                rows_ours += [ours("fit", precision, args, output, lever=x) for x in args.levers]
+                pairs_per_batch = rows_ours[0]["pairs"] / rows_ours[0]["batches_timed"]
+                batch_size = max(1, round(pairs_per_batch))
+                rows_theirs = [theirs_fit(pairs, batch_size, bf16, args, output)]
+                for row in rows_ours + rows_theirs:
+                    utilisation(row, shape, tokens, True, peaks[precision])
+                comparisons.append(
+                    {
+                        "task": "training",
+                        "precision": precision,
+                        "tokens_per_pair": round(tokens, 1),
+                        "pairs_per_batch": {
+                            "ours": round(pairs_per_batch, 1),
+                            "theirs": batch_size,
+                        },
+                        "rows": rows_ours + rows_theirs,
+                        "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                    }
+                )
         if not args.skip_inference:
-            rows_ours = [ours("predict", p, args, output) for p in our_precisions]
             queries = reranker_data(args).eval_batch_size  # a predict batch, as configured
             first = args.warmup * queries
             last = (args.warmup + args.predict_batches) * queries
             warm, timed = prediction_pairs(args, 0, first), prediction_pairs(args, first, last)
-            if len(timed) != rows_ours[0]["pairs"]:  # the two sides must rank the same pairs
-                raise RuntimeError(f"{len(timed)} pairs for them, {rows_ours[0]['pairs']} for us")
-            rows_theirs = [theirs_predict(warm, timed, b, args) for b in their_bf16]
-            comparisons.append(
-                {
-                    "task": "inference",
-                    "pairs_timed": {"ours": rows_ours[0]["pairs"], "theirs": len(timed)},
-                    "rows": rows_ours + rows_theirs,
-                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
-                }
-            )
+            tokens = tokens_per_pair(timed, args.backbone, args.max_length)
+            for precision in precisions:
+                rows_ours = [ours("predict", precision, args, output)]
+                if len(timed) != rows_ours[0]["pairs"]:  # both sides must rank the same pairs
+                    raise RuntimeError(
+                        f"{len(timed)} pairs for them, {rows_ours[0]['pairs']} for us"
+                    )
+                rows_theirs = [theirs_predict(warm, timed, precision.startswith("bf16"), args)]
+                for row in rows_ours + rows_theirs:
+                    utilisation(row, shape, tokens, False, peaks[precision])
+                comparisons.append(
+                    {
+                        "task": "inference",
+                        "precision": precision,
+                        "tokens_per_pair": round(tokens, 1),
+                        "pairs_timed": {"ours": rows_ours[0]["pairs"], "theirs": len(timed)},
+                        "rows": rows_ours + rows_theirs,
+                        "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                    }
+                )
         if not args.skip_rewriter:
-            rows_ours = [ours("fit", p, args, output, task="rewriter") for p in our_precisions]
-            rows_theirs = [theirs_seq2seq_fit(b, args, output) for b in their_bf16]
-            comparisons.append(
-                {
-                    "task": "rewriter training",
-                    "rows": rows_ours + rows_theirs,
-                    "ratio": ratio(rows_ours[0], rows_theirs[0]),
-                }
-            )
-    print(f"\n{header['cpu']} ({header['cores']} cores, {header['torch_threads']} torch threads)")
+            for precision in precisions:
+                rows_ours = [ours("fit", precision, args, output, task="rewriter")]
+                rows_theirs = [theirs_seq2seq_fit(precision.startswith("bf16"), args, output)]
+                comparisons.append(
+                    {
+                        "task": "rewriter training",
+                        "precision": precision,
+                        "rows": rows_ours + rows_theirs,
+                        "ratio": ratio(rows_ours[0], rows_theirs[0]),
+                    }
+                )
+    print(f"\n{header['cpu']} ({header['cores']} cores; {header['cpu_capability']})")
+    print(f"matmul peak, GFLOP/s: {header['matmul_gflops']}")
     print(
         ", ".join(
             f"{k} {header[k]}"
             for k in ("torch", "transformers", "lightning", "sentence-transformers")
         )
     )
-    print("| task | side | pairs/s |\n|---|---|---:|")
+    print("| task | precision | side | pairs/s | model GFLOP/s | share of matmul peak |")
+    print("|---|---|---|---:|---:|---:|")
     for comparison in comparisons:
         for row in comparison["rows"]:
-            print(f"| {comparison['task']} | {row['phase']} | {row['pairs_per_second']} |")
+            print(
+                f"| {comparison['task']} | {comparison['precision']} | {row['phase']} | "
+                f"{row['pairs_per_second']} | {row.get('model_gflops', '–')} | "
+                f"{row.get('share_of_matmul_peak', '–')} |"
+            )
     for comparison in comparisons:
         ours_row = comparison["rows"][0]
         theirs_row = next(r for r in comparison["rows"] if not r["phase"].startswith("ours"))
         print(
-            f"{comparison['task']}: ours / theirs = {comparison['ratio']}x "
-            f"({ours_row['phase']} vs {theirs_row['phase']}"
-            f"{'; target 1.5x' if comparison['task'] != 'rewriter training' else ''})"
+            f"{comparison['task']} ({comparison['precision']}, both sides): ours / theirs = "
+            f"{comparison['ratio']}x ({ours_row['phase']} vs {theirs_row['phase']}; target 1.5x; "
+            f"{header['cpu_capability']})"
         )
     if output_json:
         output_json.parent.mkdir(parents=True, exist_ok=True)

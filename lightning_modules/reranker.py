@@ -18,6 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -66,6 +67,10 @@ class RerankerModule(FeedbackModule):
             40% of a training step's activation memory, ``benchmarks/profile_fit.py``).
         chunk_size: sequences per forward pass; a batch's sequences are sorted by length and
             each chunk is padded to its own longest (smaller chunks: less padding).
+        chunk_checkpointing: in training, keep only each chunk's inputs and recompute its
+            activations in the backward pass, one chunk at a time (``torch.utils.checkpoint``,
+            dropout masks replayed): the activation memory of one chunk instead of the whole
+            batch, for one more forward pass a step.
     """
 
     architecture: str = ""
@@ -86,6 +91,7 @@ class RerankerModule(FeedbackModule):
         gradient_checkpointing: bool = False,
         attention_dropout: float | None = None,
         chunk_size: int = 16,
+        chunk_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
@@ -95,6 +101,7 @@ class RerankerModule(FeedbackModule):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.attention_dropout = attention_dropout
         self.chunk_size = chunk_size
+        self.chunk_checkpointing = chunk_checkpointing
         self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
@@ -158,6 +165,12 @@ class RerankerModule(FeedbackModule):
                     "attention_probs_dropout_prob setting; leave attention_dropout at null"
                 )
         return model.train()  # from_pretrained returns eval mode; dropout belongs to training
+
+    def forward_chunk(self, function, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``function(chunk)``, checkpointed when ``chunk_checkpointing`` applies."""
+        if self.chunk_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(function, chunk, use_reentrant=False)
+        return function(chunk)
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -333,7 +346,10 @@ class CrossEncoderReranker(RerankerModule):
 
     def score_inputs(self, inputs):
         pairs: ChunkedInputs = inputs["pairs"]
-        logits = [self.model(**chunk).logits.squeeze(-1) for chunk in pairs["chunks"]]
+        logits = [
+            self.forward_chunk(lambda c: self.model(**c).logits.squeeze(-1), chunk)
+            for chunk in pairs["chunks"]
+        ]
         return unchunk(logits, pairs["order"])
 
     def _save_model(self, folder: Path) -> None:
@@ -435,9 +451,13 @@ class BiEncoderReranker(RerankerModule):
         self, inputs: dict[str, Any], model: torch.nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query embeddings ``[B, D]`` and the real documents' embeddings ``[N, D]``."""
-        queries = self.embed(inputs["queries"], model)
+
+        def embed(chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.embed(chunk, model)
+
+        queries = self.forward_chunk(embed, inputs["queries"])
         chunked: ChunkedInputs = inputs["documents"]
-        embedded = [self.embed(chunk, model) for chunk in chunked["chunks"]]
+        embedded = [self.forward_chunk(embed, chunk) for chunk in chunked["chunks"]]
         return queries, unchunk(embedded, chunked["order"])
 
     def score_inputs(self, inputs):

@@ -46,21 +46,33 @@ def test_throughput_script_compares_each_task_on_equal_work(tmp_path, tiny_backb
             "64",
             "--levers",
             "gradient_checkpointing",
+            "--precisions",
+            "32-true",
             "--output-json",
             str(out),
         ]
     )
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["machine"]["sentence-transformers"] and result["machine"]["cores"] >= 1
+    machine = result["machine"]
+    assert machine["sentence-transformers"] and machine["cores"] >= 1
+    assert machine["cpu_capability"].startswith(machine["cpu_kernels"])  # named with figures
+    assert machine["matmul_gflops"]["32-true"] > 0
     comparisons = {c["task"]: c for c in result["comparisons"]}
     assert set(comparisons) == {"training", "inference", "rewriter training"}
+    # both sides at the same precision
+    assert all(c["precision"] == "32-true" for c in result["comparisons"])
     levers = comparisons["training"]["rows"].pop(1)  # our fit with the lever on, 2nd row
-    assert levers["phase"] == "ours reranker fit (bf16-mixed, gradient_checkpointing)"
+    assert levers["phase"] == "ours reranker fit (32-true, gradient_checkpointing)"
     assert levers["pairs"] == comparisons["training"]["rows"][0]["pairs"]  # the same batches
     for comparison in comparisons.values():
         ours, theirs = comparison["rows"]
         assert ours["phase"].startswith("ours") and not theirs["phase"].startswith("ours")
+        assert "32-true" in ours["phase"] and "float32" in theirs["phase"]
+        if comparison["task"] != "rewriter training":  # model FLOP/s from real tokens
+            assert comparison["tokens_per_pair"] > 2
+            for row in (ours, theirs):
+                assert row["model_gflops"] > 0 and 0 < row["share_of_matmul_peak"]
         assert ours["batches_timed"] == 2 and ours["pairs_per_second"] > 0
         assert theirs["pairs_per_second"] > 0
         expected = round(ours["pairs_per_second"] / theirs["pairs_per_second"], 2)
@@ -72,5 +84,7 @@ def test_throughput_script_compares_each_task_on_equal_work(tmp_path, tiny_backb
     inference = comparisons["inference"]
     assert inference["pairs_timed"]["ours"] == inference["pairs_timed"]["theirs"] > 0
     printed = capsys.readouterr().out
-    assert f"training: ours / theirs = {comparisons['training']['ratio']}x" in printed
-    assert f"inference: ours / theirs = {comparisons['inference']['ratio']}x" in printed
+    ratio = comparisons["training"]["ratio"]
+    assert f"training (32-true, both sides): ours / theirs = {ratio}x" in printed
+    ratio = comparisons["inference"]["ratio"]
+    assert f"inference (32-true, both sides): ours / theirs = {ratio}x" in printed

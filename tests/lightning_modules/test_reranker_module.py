@@ -131,3 +131,38 @@ def test_chunk_size_sets_the_sequences_per_forward(tiny_backbone):
     whole = BiEncoderReranker(model_name_or_path=str(tiny_backbone), chunk_size=64).eval()
     whole_batch = ListwiseCollator(whole.input_encoder())(lists())
     torch.testing.assert_close(module.score_batch(batch), whole.score_batch(whole_batch))
+
+
+def test_chunk_checkpointing_gives_the_same_gradients_with_less_kept(tiny_backbone):
+    batch = None
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = BiEncoderReranker(
+            model_name_or_path=str(tiny_backbone),
+            in_batch_negatives=True,
+            anchor_weight=1.0,
+            chunk_size=2,
+            chunk_checkpointing=checkpointing,
+        )
+        batch = batch or ListwiseCollator(module.input_encoder())(lists())
+        kept = []
+
+        def pack(tensor, kept=kept):
+            kept.append(tensor.numel())
+            return tensor
+
+        torch.manual_seed(1)  # the same dropout masks on both sides (replayed when recomputed)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = module.training_step(batch, 0)
+        loss.backward()
+        grads = {
+            n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None
+        }
+        results.append((loss.detach(), grads, sum(kept)))
+    (loss, grads, kept), (loss_ckpt, grads_ckpt, kept_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert grads.keys() == grads_ckpt.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-6, rtol=1e-5)
+    assert kept_ckpt < kept / 4  # the forward keeps chunk inputs, not activations
