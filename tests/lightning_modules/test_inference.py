@@ -233,3 +233,22 @@ def test_cpu_capability_names_the_flags_that_choose_kernels():
     assert set(info["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"}
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert str(info["torch_cpu_capability"]) in describe_cpu(info)
+
+
+@needs_onnx
+def test_export_best_model_callback_writes_the_onnx_files_when_asked(tiny_backbone, tmp_path):
+    module = build("bi", tiny_backbone)
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        fast_dev_run=False,
+        callbacks=[],  # no ModelCheckpoint: the module's weights as they are
+        datamodule=SimpleNamespace(document_template=TEMPLATE),
+    )
+    callback = ExportBestModel(export_dir=str(tmp_path / "export"), onnx=True)
+    callback.on_fit_start(trainer, module)
+    callback.on_fit_end(trainer, module)
+    metadata = json.loads((tmp_path / "export" / EXPORT_METADATA_FILE).read_text())
+    assert all((tmp_path / "export" / f).is_file() for f in metadata["onnx"]["files"].values())
+    reranker = ExportedReranker.load(tmp_path / "export", backend="onnx")
+    assert len(reranker.rank("red fruit", [{"title": "apple"}, {"title": "car"}])) == 2
