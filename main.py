@@ -7,6 +7,7 @@ deployment back to its previous version (see :mod:`lightning_modules.promote`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ class FeedbackTrainer(L.Trainer):
         datamodule: L.LightningDataModule | None = None,
         ckpt_path: str | None = None,
         overwrite: bool = False,
+        onnx: bool = False,
     ) -> Path:
         """Write the model as a Hugging Face / sentence-transformers folder for the app.
 
@@ -77,12 +79,18 @@ class FeedbackTrainer(L.Trainer):
             ckpt_path: checkpoint whose weights to export; without it the untouched base model
                 is exported (useful as a baseline).
             overwrite: replace an existing ``export_dir``.
+            onnx: a reranker's folder also gets ``onnx/model.onnx`` and an int8 quantisation
+                of it, for fast CPU inference (``lightning_modules.inference``; needs the
+                ``onnx`` extra).
         """
+        if onnx and "onnx" not in inspect.signature(model.export).parameters:
+            raise ValueError(f"--onnx: {type(model).__name__} has no ONNX export")
         if ckpt_path is not None:
             load_weights(model, ckpt_path)
         else:
             logging.getLogger(__name__).warning("No --ckpt_path: exporting the untouched model")
-        target = model.export(export_dir, datamodule=datamodule, overwrite=overwrite)
+        extra = {"onnx": True} if onnx else {}
+        target = model.export(export_dir, datamodule=datamodule, overwrite=overwrite, **extra)
         print(f"Exported {type(model).__name__} to {target}")
         return target
 

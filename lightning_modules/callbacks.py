@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -31,11 +32,31 @@ class ExportBestModel(L.Callback):
         export_dir: where to write; default ``<log dir>/export``, a fresh folder for every run,
             so a fit never replaces a model that is already there.
         overwrite: replace ``export_dir`` if it exists.
+        onnx: also write ``onnx/model.onnx`` and its int8 quantisation into the export (a
+            reranker only; needs the ``onnx`` extra, checked when the fit starts). Off by
+            default: it adds a few seconds to a small model's export, and the app that loads
+            the Hugging Face folder has no use for it.
     """
 
-    def __init__(self, export_dir: str | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self, export_dir: str | None = None, overwrite: bool = False, onnx: bool = False
+    ) -> None:
         self.export_dir = export_dir
         self.overwrite = overwrite
+        self.onnx = onnx
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.onnx:
+            return
+        # Refuse now, not after the whole fit.
+        if "onnx" not in inspect.signature(pl_module.export).parameters:
+            raise ValueError(
+                f"ExportBestModel(onnx=true): {type(pl_module).__name__} has no ONNX export "
+                "(the rerankers have)"
+            )
+        from lightning_modules.onnx_export import require_onnx_dependencies
+
+        require_onnx_dependencies("ExportBestModel(onnx=true)")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.fast_dev_run:
@@ -49,7 +70,8 @@ class ExportBestModel(L.Callback):
             load_weights(pl_module, checkpoint.best_model_path)
             log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
         target = Path(self.export_dir or rank_zero_log_dir(trainer) / "export")
-        pl_module.export(target, datamodule=trainer.datamodule, overwrite=self.overwrite)
+        extra = {"onnx": True} if self.onnx else {}
+        pl_module.export(target, datamodule=trainer.datamodule, overwrite=self.overwrite, **extra)
         pl_module.load_state_dict(state)  # leave the module as fit left it
         print(f"Exported the fine-tuned model to {target}")
 

@@ -8,8 +8,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # only annotations: the app's loader imports this module without transformers
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Written beside the weights: what the model is and how the app must format documents for it.
 EXPORT_METADATA_FILE = "feedback_finetuning.json"
@@ -46,16 +48,21 @@ def write_atomically(
 
 def export_folder(
     target: str | Path,
-    save_model: Callable[[Path], None],
+    save_model: Callable[[Path], dict[str, Any] | None],
     metadata: dict,
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``save_model(folder)`` and :data:`EXPORT_METADATA_FILE` atomically to ``target``."""
+    """Write ``save_model(folder)`` and :data:`EXPORT_METADATA_FILE` atomically to ``target``.
+
+    ``save_model`` may return more metadata (what it wrote besides the weights, e.g. ONNX
+    files); it is merged into ``metadata``.
+    """
 
     def write(folder: Path) -> None:
-        save_model(folder)
-        (folder / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        written = save_model(folder) or {}
+        contents = {**metadata, **written}
+        (folder / EXPORT_METADATA_FILE).write_text(json.dumps(contents, indent=2) + "\n")
 
     return write_atomically(Path(target), write, overwrite=overwrite)
 

@@ -307,19 +307,40 @@ class RerankerModule(FeedbackModule):
         *,
         datamodule: L.LightningDataModule | None = None,
         overwrite: bool = False,
+        onnx: bool = False,
     ) -> Path:
         """Write a self-contained Hugging Face / sentence-transformers folder, atomically.
 
         The datamodule's document template is saved with it: the app must format sources the
-        same way.
+        same way. With ``onnx``, the folder also holds ``onnx/model.onnx`` and its int8
+        quantisation (see :mod:`lightning_modules.onnx_export`), written inside the same atomic
+        export, and the metadata lists them.
         """
+        if onnx:  # before anything is written
+            from lightning_modules.onnx_export import require_onnx_dependencies
+
+            require_onnx_dependencies("export with onnx=true")
         document_template = getattr(datamodule, "document_template", DEFAULT_DOCUMENT_TEMPLATE)
-        return export_folder(
-            export_dir,
-            self._save_model,
-            self.export_metadata(document_template),
-            overwrite=overwrite,
-        )
+        metadata = self.export_metadata(document_template)
+        max_text_chars = getattr(datamodule, "max_text_chars", None)
+        if max_text_chars is not None:
+            metadata["max_text_chars"] = max_text_chars
+
+        def save(folder: Path) -> dict[str, Any] | None:
+            self._save_model(folder)
+            if not onnx:
+                return None
+            from lightning_modules.onnx_export import write_onnx
+
+            description = write_onnx(
+                folder,
+                self.architecture,
+                max_length=self.max_length,
+                trust_remote_code=self.trust_remote_code,
+            )
+            return {"onnx": description}
+
+        return export_folder(export_dir, save, metadata, overwrite=overwrite)
 
 
 class CrossEncoderReranker(RerankerModule):

@@ -239,3 +239,24 @@ def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
     report = cli.datamodule.reports["train"]
     assert (report.read, report.kept, report.n_dropped) == (42, 41, 1)
     assert "val/ndcg@10" in cli.trainer.callback_metrics
+
+
+def test_export_writes_onnx_files_beside_the_weights_when_asked(tmp_path, tiny_backbone):
+    pytest.importorskip("onnxruntime")
+    from lightning_modules.onnx_export import missing_onnx_dependencies
+
+    if missing_onnx_dependencies():
+        pytest.skip("the onnx extra is not installed")
+    feedback = tmp_path / "feedback.json"
+    feedback.write_text(json.dumps({"reranker_data": []}))
+    config = write_config(tmp_path, tiny_backbone, feedback, "bi")
+    export_dir = tmp_path / "exported"
+    run_cli("export", "--config", config, "--export_dir", export_dir, "--onnx", "true")
+    metadata = json.loads((export_dir / EXPORT_METADATA_FILE).read_text())
+    assert metadata["document_template"] == "{title} | {snippet}"
+    onnx = metadata["onnx"]
+    assert onnx["files"] == {"onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quint8_avx2.onnx"}
+    assert all((export_dir / path).is_file() for path in onnx["files"].values())
+    assert onnx["output"] == "last_hidden_state" and onnx["quantization"]["config"] == "avx2"
+    assert (export_dir / "model.safetensors").is_file()  # the Hugging Face folder as before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
