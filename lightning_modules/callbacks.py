@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
-    """Load a Lightning checkpoint's weights into an already built module (strictly)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    """Load a Lightning checkpoint's weights into an already built module (strictly).
+
+    Read memory-mapped and as plain data only (``weights_only``): nothing in the file is run,
+    and the optimizer's states beside the weights are never brought into memory.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     module.load_state_dict(checkpoint["state_dict"])
 
 

@@ -125,6 +125,26 @@ def quiet_short_trainer(config: dict, **overrides) -> None:
     )
 
 
+def reranker_predict_scores(module, feedback: Path, document_template: str):
+    """Each record's source scores through the training code path (``score_batch``, no
+    gradients), with the records they belong to."""
+    import torch
+
+    from datamodules.reranker import RerankerDataModule
+
+    dm = RerankerDataModule(
+        predict_files=[str(feedback)], eval_batch_size=8, document_template=document_template
+    )
+    dm.input_encoder = module.input_encoder()
+    dm.setup("predict")
+    out = []
+    with torch.no_grad():
+        for batch in dm.predict_dataloader():
+            scores = module.score_batch(batch)
+            out += [scores[r, batch.mask[r]].numpy() for r in range(scores.shape[0])]
+    return dm.predict_records, out
+
+
 def point_loggers_at(config: dict, folder: Path) -> None:
     """Send every logger of a loaded YAML config (one or a list) to ``folder``."""
     loggers = config["trainer"]["logger"]

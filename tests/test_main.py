@@ -12,11 +12,10 @@ import yaml
 
 import main
 from datamodules.feedback import load_reranker_feedback, render_document
-from datamodules.reranker import RerankerDataModule
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
-from tests.conftest import point_loggers_at
+from tests.conftest import point_loggers_at, reranker_predict_scores
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
@@ -70,17 +69,8 @@ def module_scores(kind: str, config: Path, ckpt: Path, feedback: Path):
     load_weights(module, ckpt)
     module.eval()
     template = cfg["data"]["init_args"]["document_template"]
-    dm = RerankerDataModule(
-        predict_files=[str(feedback)], eval_batch_size=8, document_template=template
-    )
-    dm.input_encoder = module.input_encoder()
-    dm.setup("predict")
-    out = []
-    with torch.no_grad():
-        for batch in dm.predict_dataloader():
-            scores = module.score_batch(batch)
-            out += [scores[r, batch.mask[r]].numpy() for r in range(scores.shape[0])]
-    return module, dm.predict_records, out
+    records, scores = reranker_predict_scores(module, feedback, template)
+    return module, records, scores
 
 
 @pytest.mark.parametrize("kind", ["cross", "bi"])

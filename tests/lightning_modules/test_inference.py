@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.reranker import RerankerDataModule
 from lightning_modules import onnx_export
 from lightning_modules.callbacks import ExportBestModel
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.inference import ExportedReranker, cpu_capability, describe_cpu
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
+from tests.conftest import reranker_predict_scores
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = {"bi": BiEncoderReranker, "cross": CrossEncoderReranker}
@@ -60,18 +60,9 @@ def exports(tiny_backbone, tmp_path_factory) -> dict[str, tuple]:
 
 def module_scores(module, feedback: Path) -> tuple[list, list[np.ndarray]]:
     """Scores of each record's sources through the training code path (score_batch)."""
-    dm = RerankerDataModule(
-        predict_files=[str(feedback)], eval_batch_size=8, document_template=TEMPLATE
-    )
-    dm.input_encoder = module.input_encoder()
-    dm.setup("predict")
-    out = []
-    with torch.no_grad():
-        for batch in dm.predict_dataloader():
-            scores = module.score_batch(batch)
-            out += [scores[r, batch.mask[r]].numpy() for r in range(scores.shape[0])]
+    records, scores = reranker_predict_scores(module, feedback, TEMPLATE)
     n = 12  # enough lists (4-8 sources each) to compare rankings; each call costs time
-    return dm.predict_records[:n], out[:n]
+    return records[:n], scores[:n]
 
 
 def app_sources(record) -> list[dict]:
