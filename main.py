@@ -21,8 +21,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.callbacks import load_weights
+from lightning_modules.hardware import describe_cpu
 from lightning_modules.loggers import FeedbackWandbLogger, describe_run
-from lightning_modules.precision import AUTO, describe_cpu, resolve_precision
+from lightning_modules.precision import AUTO, resolve_precision
 from lightning_modules.progress import LogProgress, is_interactive
 
 log = logging.getLogger(__name__)

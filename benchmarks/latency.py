@@ -68,13 +68,8 @@ import numpy as np  # noqa: E402
 from benchmarks import trec_dl  # noqa: E402
 from datamodules.feedback import Source, render_document  # noqa: E402
 from lightning_modules.export import EXPORT_METADATA_FILE  # noqa: E402
-from lightning_modules.inference import (  # noqa: E402
-    ONNX_PROVIDER,
-    ExportedReranker,
-    cpu_capability,
-    describe_cpu,
-    read_metadata,
-)
+from lightning_modules.hardware import cpu_capability, describe_cpu  # noqa: E402
+from lightning_modules.inference import ONNX_PROVIDER, ExportedReranker, read_metadata  # noqa: E402
 
 VARIANTS = {
     "torch": "our loader, torch float32 (baseline)",
@@ -495,8 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    machine = {**cpu_capability(), "threads": threads}
-    cpu_line = f"CPU: {describe_cpu(machine)}; {threads} threads (torch and onnxruntime)"
+    machine = cpu_capability()  # (after set_num_threads: its threads are both libraries')
+    cpu_line = f"CPU: {describe_cpu(machine)} (torch and onnxruntime)"
     say(cpu_line)
 
     with tempfile.TemporaryDirectory(prefix="latency-") as workdir:

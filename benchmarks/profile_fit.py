@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_modules.precision import cpu_capability, describe_cpu  # noqa: E402
+from lightning_modules.hardware import cpu_capability, describe_cpu  # noqa: E402
 
 
 def peak_rss_gib() -> float:

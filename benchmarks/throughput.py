@@ -53,7 +53,7 @@ from transformers import TrainerCallback  # noqa: E402
 from benchmarks.gpu_check import run_phase  # noqa: E402
 from datamodules.reranker import RerankerDataModule, RerankListDataset  # noqa: E402
 from lightning_modules.backbones import embedded_minilm_path  # noqa: E402
-from lightning_modules.precision import (  # noqa: E402
+from lightning_modules.hardware import (  # noqa: E402
     cpu_capability,
     cpu_has_native_bf16,
     describe_cpu,
@@ -68,14 +68,6 @@ TRAIN_FILES = [
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {}
     for package in (
         "torch",
@@ -89,13 +81,15 @@ def machine() -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    capability = cpu_capability()
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": describe_cpu(),
-        **{f"cpu_{k}": v for k, v in cpu_capability().items() if k != "threads"},
-        "native_bf16": cpu_has_native_bf16(),
+        "cpu": capability["cpu_model"],
+        "cores": capability["logical_cpus"],
+        "torch_threads": capability["threads"],
+        "cpu_capability": describe_cpu(capability),
+        "cpu_kernels": capability["kernels"],
+        "cpu_flags": capability["flags"],
+        "native_bf16": cpu_has_native_bf16(capability),
         "python": platform.python_version(),
         **versions,
     }
@@ -574,7 +568,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                         "ratio": ratio(rows_ours[0], rows_theirs[0]),
                     }
                 )
-    print(f"\n{header['cpu']} ({header['cores']} cores; {header['cpu_capability']})")
+    print(f"\n{header['cpu_capability']} ({header['cores']} logical CPUs)")
     print(f"matmul peak, GFLOP/s: {header['matmul_gflops']}")
     print(
         ", ".join(

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ import numpy as np
 
 from datamodules.feedback import Source, clip_text, render_document
 from lightning_modules.export import EXPORT_METADATA_FILE
+from lightning_modules.hardware import describe_cpu
 
 log = logging.getLogger(__name__)
 
@@ -50,59 +49,6 @@ ONNX_PROVIDER = "CPUExecutionProvider"
 # What the data module clips queries and source fields to before tokenisation (its default
 # max_text_chars), for exports that predate recording it.
 DEFAULT_MAX_TEXT_CHARS = 8192
-# /proc/cpuinfo flags that decide which kernels torch and onnxruntime can use
-CPU_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-def cpu_capability() -> dict[str, Any]:
-    """What this CPU can do, for logs and benchmark reports: model, torch's kernel level, flags."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("unknown", "", platform.machine()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux: flags unknown
-        pass
-    try:
-        import torch
-
-        torch_capability = torch.backends.cpu.get_cpu_capability()
-    except ImportError:
-        torch_capability = None
-    return {
-        "cpu_model": model,
-        "machine": platform.machine(),
-        "logical_cpus": os.cpu_count(),
-        "torch_cpu_capability": torch_capability,
-        "flags": {flag: flag in flags for flag in CPU_FLAGS},
-    }
-
-
-def describe_cpu(info: Mapping[str, Any] | None = None) -> str:
-    """One line, e.g. ``AMD EPYC (x86_64), torch AVX512; avx2 avx512f avx512_vnni; no amx``."""
-    info = info or cpu_capability()
-    present = [flag for flag, on in info["flags"].items() if on]
-    absent = [flag for flag, on in info["flags"].items() if not on]
-    text = f"{info['cpu_model']} ({info['machine']}), torch {info['torch_cpu_capability']}; "
-    text += " ".join(present) or "none of " + " ".join(CPU_FLAGS)
-    if absent:
-        text += "; without " + " ".join(absent)
-    return text
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:

@@ -7,8 +7,8 @@ than in float32 on such a machine. So ``auto`` resolves, before the Trainer is b
 - ``bf16-mixed`` on a CUDA GPU with bf16 (``torch.cuda.is_bf16_supported()``, Ampere and later);
 - ``16-mixed`` on a CUDA GPU without bf16 (with a gradient scaler, as Lightning does);
 - ``bf16-mixed`` on a CPU whose kernels use AVX-512 (or AMX) *and* whose processor reports
-  AVX512_BF16 or AMX tiles (``torch.cpu._is_avx512_bf16_supported``/``_is_amx_tile_supported``);
-  both, because ``ATEN_CPU_CAPABILITY=avx2`` restricts the kernels on such a processor too;
+  AVX512_BF16 or AMX (:func:`~lightning_modules.hardware.cpu_has_native_bf16`); both, because
+  ``ATEN_CPU_CAPABILITY=avx2`` restricts the kernels on such a processor too;
 - ``32-true`` everywhere else (AVX2 CPUs, Arm CPUs, MPS, other accelerators).
 
 An explicit precision (YAML or command line) is used as given. The choice and its reason are
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_modules.hardware import cpu_capability, cpu_has_native_bf16, describe_cpu
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-# Kernel capabilities (torch.backends.cpu.get_cpu_capability()) under which bf16 can be native.
-_BF16_CAPABLE_KERNELS = {"AVX512", "AMX", "AVX512_BF16"}
 
 
 @dataclass(frozen=True)
@@ -42,44 +42,6 @@ class PrecisionChoice:
         if self.requested != AUTO:
             return f"precision {self.precision} (as configured) on {self.device}"
         return f"precision auto -> {self.precision} on {self.device}: {self.reason}"
-
-
-def cpu_capability() -> dict[str, object]:
-    """The CPU facts the choice reads, for logs and benchmark reports."""
-    cpu = getattr(torch, "cpu", None)
-
-    def probe(name: str) -> bool:
-        function = getattr(cpu, name, None)
-        try:
-            return bool(function()) if function is not None else False
-        except Exception:  # (a build without cpuinfo)
-            return False
-
-    return {
-        "kernels": torch.backends.cpu.get_cpu_capability(),
-        "avx2": probe("_is_avx2_supported"),
-        "avx512": probe("_is_avx512_supported"),
-        "avx512_vnni": probe("_is_vnni_supported"),
-        "avx512_bf16": probe("_is_avx512_bf16_supported"),
-        "amx": probe("_is_amx_tile_supported"),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def cpu_has_native_bf16(capability: dict[str, object] | None = None) -> bool:
-    capability = cpu_capability() if capability is None else capability
-    kernels_ok = str(capability["kernels"]).upper() in _BF16_CAPABLE_KERNELS
-    return kernels_ok and bool(capability["avx512_bf16"] or capability["amx"])
-
-
-def describe_cpu(capability: dict[str, object] | None = None) -> str:
-    """One line naming the CPU capability, e.g. ``AVX2 kernels, no native bf16, 2 threads``."""
-    c = cpu_capability() if capability is None else capability
-    native = [name for name in ("avx512_bf16", "amx") if c.get(name)]
-    bf16 = f"native bf16 ({'+'.join(native)})" if native else "no native bf16"
-    if native and not cpu_has_native_bf16(c):
-        bf16 += " unused by these kernels"
-    return f"{c['kernels']} kernels, {bf16}, {c['threads']} threads"
 
 
 def _uses_cuda(accelerator: object) -> bool:
@@ -106,13 +68,13 @@ def resolve_precision(precision: str | int | None, accelerator: object = "auto")
         return PrecisionChoice(AUTO, "32-true", "mps", "mixed precision on MPS is not measured")
     capability = cpu_capability()
     if cpu_has_native_bf16(capability):
-        return PrecisionChoice(AUTO, "bf16-mixed", "cpu", f"the CPU has {describe_cpu(capability)}")
+        return PrecisionChoice(AUTO, "bf16-mixed", "cpu", f"the CPU is {describe_cpu(capability)}")
     return PrecisionChoice(
         AUTO,
         "32-true",
         "cpu",
-        f"the CPU has {describe_cpu(capability)}: bf16 would be emulated (several times slower "
-        "than float32)",
+        f"bf16 would be emulated (several times slower than float32) on this CPU: "
+        f"{describe_cpu(capability)}",
     )
 
 

@@ -92,7 +92,7 @@ def test_one_run_reports_every_variant_with_quality_next_to_the_baseline(
     assert report["settings"]["threads"] == 1 and report["settings"]["sources_per_request"] == 10
     assert report["settings"]["judged_queries"] == {"dl19": 3, "dl20": 3}
     machine = report["machine"]
-    assert machine["threads"] == 1 and machine["torch_cpu_capability"]
+    assert machine["threads"] == 1 and machine["kernels"]
     assert {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"} <= set(machine["flags"])
     assert report["versions"]["onnxruntime"] and report["versions"]["torch"]
     assert report["export"]["metadata"]["onnx"]["quantization"]["config"] == "avx2"
@@ -130,7 +130,7 @@ def test_one_run_reports_every_variant_with_quality_next_to_the_baseline(
 
     printed = capsys.readouterr().out
     assert "| `onnx-int8`: our loader, ONNX int8" in printed
-    assert "torch " + str(machine["torch_cpu_capability"]) in printed  # beside the figures
+    assert f"{machine['kernels']} kernels, " in printed  # beside the figures
     assert "Fastest within the bound" in printed
 
 

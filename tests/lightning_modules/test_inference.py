@@ -15,7 +15,8 @@ import torch
 from lightning_modules import onnx_export
 from lightning_modules.callbacks import ExportBestModel
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.inference import ExportedReranker, cpu_capability, describe_cpu
+from lightning_modules.hardware import cpu_capability, describe_cpu
+from lightning_modules.inference import ExportedReranker
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
 from tests.conftest import reranker_predict_scores
 
@@ -220,10 +221,10 @@ def test_the_loader_imports_neither_lightning_nor_torch():
 
 def test_cpu_capability_names_the_flags_that_choose_kernels():
     info = cpu_capability()
-    assert set(info) >= {"cpu_model", "machine", "torch_cpu_capability", "flags"}
+    assert set(info) >= {"cpu_model", "machine", "kernels", "flags"}
     assert set(info["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"}
-    assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert str(info["torch_cpu_capability"]) in describe_cpu(info)
+    assert info["kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert f"{info['kernels']} kernels" in describe_cpu(info)
 
 
 @needs_onnx

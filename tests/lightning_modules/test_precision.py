@@ -7,16 +7,20 @@ import sys
 import pytest
 import torch
 
+from lightning_modules import hardware
 from lightning_modules import precision as precision_module
-from lightning_modules.precision import cpu_has_native_bf16, describe_cpu, resolve_precision
+from lightning_modules.hardware import cpu_has_native_bf16, describe_cpu
+from lightning_modules.precision import resolve_precision
 
 
 def mock_cpu(monkeypatch, kernels: str, *, bf16: bool = False, amx: bool = False) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(precision_module, "_mps_available", lambda: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    flags = {"avx2", "fma"} | ({"avx512f"} if kernels == "AVX512" else set())
+    flags |= {"avx512_bf16"} if bf16 else set()
+    flags |= {"amx_tile", "amx_bf16"} if amx else set()
+    monkeypatch.setattr(hardware, "read_cpuinfo", lambda: ("Test CPU", flags))
 
 
 def mock_cuda(monkeypatch, *, bf16: bool) -> None:
@@ -75,10 +79,24 @@ def test_explicit_precision_wins(monkeypatch, explicit):
 
 def test_describe_cpu_names_the_capability(monkeypatch):
     mock_cpu(monkeypatch, "AVX2", bf16=True)
-    capability = precision_module.cpu_capability()
+    capability = hardware.cpu_capability()
     assert not cpu_has_native_bf16(capability)
     text = describe_cpu(capability)
-    assert text.startswith("AVX2 kernels, native bf16 (avx512_bf16) unused by these kernels")
+    assert text.startswith("Test CPU (")
+    assert ": AVX2 kernels, native bf16 (avx512_bf16) unused by these kernels" in text
+    assert "flags avx2 fma avx512_bf16; without avx512f" in text
+
+
+def test_without_cpuinfo_torch_probes_give_the_flags(monkeypatch):
+    monkeypatch.setattr(hardware, "read_cpuinfo", lambda: (None, None))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for name in ("_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: True)
+    for name in ("_is_vnni_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False)
+    capability = hardware.cpu_capability()
+    assert {f for f, on in capability["flags"].items() if on} == {"avx2", "avx512f", "avx512_bf16"}
+    assert cpu_has_native_bf16(capability)
 
 
 def test_trainer_resolves_auto_before_it_is_built(monkeypatch, caplog):
