@@ -154,9 +154,6 @@ class RerankerModule(FeedbackModule):
             self.model_path, trust_remote_code=self.trust_remote_code, **kwargs
         )
         if self.attention_dropout is not None:
-            for module in model.modules():  # (modules read it from the config at init)
-                if hasattr(module, "dropout_prob"):
-                    module.dropout_prob = self.attention_dropout
             if getattr(model.config, "attention_probs_dropout_prob", None) != (
                 self.attention_dropout
             ):
