@@ -174,6 +174,16 @@ class FeedbackCLI(LightningCLI):
             "promote": {"model", "datamodule"},
         }
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data module tokenises with the model's tokenizer (the one init_from may have
+        # replaced): handed over once both are built, so data code never reaches into the model.
+        parser.link_arguments(
+            "model",
+            "data.init_args.input_encoder",
+            compute_fn=_input_encoder,
+            apply_on="instantiate",
+        )
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         wandb_loggers = [
@@ -188,6 +198,10 @@ class FeedbackCLI(LightningCLI):
         description = describe_run(config.as_dict(), config_files)
         for logger in wandb_loggers:
             logger.describe(description, job_type=self.subcommand)
+
+
+def _input_encoder(model: L.LightningModule) -> Any:
+    return model.input_encoder()
 
 
 def main(args: list[str] | None = None) -> FeedbackCLI | int:

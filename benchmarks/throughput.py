@@ -408,7 +408,7 @@ def theirs_seq2seq_fit(bf16: bool, args: argparse.Namespace, output: Path) -> di
     data = QueryRewritingDataModule(
         **{**data_args, "train_files": [str(REPO_ROOT / f) for f in data_args["train_files"]]}
     )
-    data.tokenizer = module.tokenizer
+    data.input_encoder = module.input_encoder()
     data.setup("fit")
     collate = data.train_dataloader().collate_fn
     rows = []

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
 
 from datamodules.distributed import evaluation_sampler
 from datamodules.feedback import OnInvalid, ParseReport, clip_text, record_time
@@ -30,6 +31,8 @@ from datamodules.split import SplitMode, drop_held_out, split_train_validation
 log = logging.getLogger(__name__)
 
 HistoryOrder = Literal["question_first", "chronological"]
+# Questions, history turns and targets are clipped to this many characters before tokenisation.
+DEFAULT_MAX_TEXT_CHARS = 8192
 
 
 def target_end_token_id(tokenizer) -> int:
@@ -125,6 +128,16 @@ class RewriteBatch:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def to(self, device: torch.device | str) -> RewriteBatch:
+        """The batch with its tensors on ``device`` (texts as they are)."""
+        labels = None if self.labels is None else self.labels.to(device)
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=labels,
+        )
+
 
 class RewritePairDataset(Dataset):
     def __init__(self, pairs: Sequence[RewritePair]) -> None:
@@ -145,7 +158,7 @@ class RewriteCollator:
         tokenizer,
         input_format: RewriteInputFormat,
         max_target_tokens: int = 64,
-        max_text_chars: int | None = 8192,
+        max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
     ):
         self.tokenizer = tokenizer
         self.input_format = input_format
@@ -234,6 +247,9 @@ class QueryRewritingDataModule(ResumableTrainingData):
         eval_batch_size: pairs per validation/test/predict batch (default: ``batch_size``).
         group_by_length: batch training pairs of similar input length (less padding).
         num_workers: DataLoader worker processes (tokenisation runs there).
+        input_encoder: the model's tokenizer (``model.input_encoder()``). ``main.py`` links it
+            from the model, so the data module never looks at the model; elsewhere pass it (or
+            set ``datamodule.input_encoder``) before ``setup``.
     """
 
     def __init__(
@@ -255,14 +271,16 @@ class QueryRewritingDataModule(ResumableTrainingData):
         max_history_turns: int | None = None,
         max_source_tokens: int = 128,
         max_target_tokens: int = 64,
-        max_text_chars: int = 8192,
+        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         group_by_length: bool = True,
         num_workers: int = 0,
+        input_encoder: PreTrainedTokenizerBase | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # (the tokenizer belongs to the model's checkpoint, not to the data's hyperparameters)
+        self.save_hyperparameters(ignore=["input_encoder"])
         self.train_files = train_files or []
         self.val_files = val_files or []
         self.test_files = test_files or []
@@ -287,7 +305,7 @@ class QueryRewritingDataModule(ResumableTrainingData):
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
         self.num_workers = num_workers
-        self.tokenizer = None
+        self.input_encoder = input_encoder
         self.train_pairs: list[RewritePair] = []
         self.val_pairs: list[RewritePair] = []
         self.test_pairs: list[RewritePair] = []
@@ -312,14 +330,12 @@ class QueryRewritingDataModule(ResumableTrainingData):
         return pairs
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            if module is None or not hasattr(module, "tokenizer"):
-                raise RuntimeError(
-                    "QueryRewritingDataModule needs the model's tokenizer: run it through a "
-                    "Trainer with a QueryRewriter, or set `datamodule.tokenizer` yourself."
-                )
-            self.tokenizer = module.tokenizer
+        if self.input_encoder is None:
+            raise RuntimeError(
+                "QueryRewritingDataModule needs an input_encoder (the model's tokenizer: "
+                "`model.input_encoder()`): main.py links it; elsewhere pass it to the data "
+                "module or set `datamodule.input_encoder` before setup."
+            )
         if stage in (None, "fit", "validate") and not (self.train_pairs or self.val_pairs):
             self._setup_fit()
         if stage in (None, "test") and not self.test_pairs:
@@ -382,7 +398,7 @@ class QueryRewritingDataModule(ResumableTrainingData):
 
     def collator(self) -> RewriteCollator:
         return RewriteCollator(
-            self.tokenizer, self.input_format, self.max_target_tokens, self.max_text_chars
+            self.input_encoder, self.input_format, self.max_target_tokens, self.max_text_chars
         )
 
     def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:

@@ -268,6 +268,10 @@ class RerankerDataModule(ResumableTrainingData):
         train_on_uniform_lists: training normally drops lists whose labels are all equal (no
             pick, or everything picked): ranking losses get nothing from them. Set true to keep
             them, e.g. for the pointwise loss, which learns "not relevant" from them.
+        input_encoder: how lists become model inputs (the model's tokenizer, lengths and
+            chunking: ``BiEncoderInputs``/``CrossEncoderInputs``). ``main.py`` links it from the
+            model (``model.input_encoder()``), so the data module never looks at the model;
+            elsewhere pass it (or set ``datamodule.input_encoder``) before ``setup``.
     """
 
     def __init__(
@@ -291,9 +295,11 @@ class RerankerDataModule(ResumableTrainingData):
         num_workers: int = 0,
         index_workers: int | None = None,
         train_on_uniform_lists: bool = False,
+        input_encoder: InputEncoder | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # (the encoder holds the model's tokenizer: it belongs to the model's checkpoint)
+        self.save_hyperparameters(ignore=["input_encoder"])
         self.train_files = train_files or []
         self.val_files = val_files or []
         self.test_files = test_files or []
@@ -313,7 +319,7 @@ class RerankerDataModule(ResumableTrainingData):
         self.num_workers = num_workers
         self.index_workers = index_workers
         self.train_on_uniform_lists = train_on_uniform_lists
-        self.input_encoder: InputEncoder | None = None
+        self.input_encoder = input_encoder
         # Validated records, held as where they lie in the files (see FeedbackTable).
         self.train_records: Sequence[RerankerRecord] = []
         self.val_records: Sequence[RerankerRecord] = []
@@ -338,13 +344,11 @@ class RerankerDataModule(ResumableTrainingData):
 
     def setup(self, stage: str | None = None) -> None:
         if self.input_encoder is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            if module is None or not hasattr(module, "input_encoder"):
-                raise RuntimeError(
-                    "RerankerDataModule needs the model's input encoder: run it through a Trainer "
-                    "with a reranker module, or set `datamodule.input_encoder` yourself."
-                )
-            self.input_encoder = module.input_encoder()
+            raise RuntimeError(
+                "RerankerDataModule needs an input_encoder (the model's: "
+                "`model.input_encoder()`): main.py links it; elsewhere pass it to the data "
+                "module or set `datamodule.input_encoder` before setup."
+            )
         if stage in (None, "fit", "validate") and not (self.train_records or self.val_records):
             self._setup_fit()
         if stage in (None, "test") and not self.test_records:

@@ -11,8 +11,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_modules.resume import has_grad_scaler
 
-# Parameters that AdamW should not decay (the usual BERT/T5 recipe).
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+def decays(param: torch.Tensor) -> bool:
+    """Weight decay for matrices (linear and embedding weights) only: biases, norm scales and
+    scalars such as a learnable temperature (rank 0 or 1) are not pulled towards 0. Decided by
+    the tensor's rank, not its name, so that no naming convention can slip through."""
+    return param.ndim >= 2
 
 
 def use_fused(params: list[torch.Tensor], trainer: L.Trainer | None = None) -> bool | None:
@@ -33,12 +37,12 @@ def adamw_with_linear_warmup(
 ) -> dict[str, Any]:
     """``configure_optimizers``' return value: warm-up over ``warmup_ratio`` of all steps.
 
-    Frozen parameters (``requires_grad=False``) are left out; biases and norms get no decay.
+    Frozen parameters (``requires_grad=False``) are left out; only matrices decay (:func:`decays`).
     """
     decay, no_decay = [], []
-    for name, param in module.named_parameters():
+    for param in module.parameters():
         if param.requires_grad:
-            (no_decay if any(n in name for n in NO_DECAY) else decay).append(param)
+            (decay if decays(param) else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -260,7 +260,7 @@ def score_rewriter(
     saved_format = datamodule.input_format
     if input_format:
         datamodule.input_format = RewriteInputFormat(**input_format)
-    datamodule.tokenizer = module.tokenizer
+    datamodule.input_encoder = module.input_encoder()
     device = _device()
     module.to(device).eval()
     rewrites: list[str] = []
@@ -461,10 +461,8 @@ def run_gate(
         raise ValueError(f"metric must be one of {metrics}, got {primary!r}")
     score = score_rewriter if is_rewriter else score_reranker
 
-    if hasattr(datamodule, "input_encoder") and datamodule.input_encoder is None:
+    if datamodule.input_encoder is None:
         datamodule.input_encoder = template.input_encoder()
-    if hasattr(datamodule, "tokenizer") and datamodule.tokenizer is None:
-        datamodule.tokenizer = template.tokenizer
     datamodule.setup("validate")
     held_out_files = getattr(datamodule, "val_files", None) or getattr(
         datamodule, "train_files", []

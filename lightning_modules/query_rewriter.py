@@ -35,7 +35,12 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from datamodules.query_rewriting import RewriteBatch, target_end_token_id
+from datamodules.query_rewriting import (
+    DEFAULT_MAX_TEXT_CHARS,
+    RewriteBatch,
+    target_end_token_id,
+)
+from datamodules.rewrite_feedback import RewritePair
 from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
@@ -164,6 +169,39 @@ def build_seq2seq(
     return model, tokenizer
 
 
+@torch.no_grad()
+def generate_rewrites(
+    model, tokenizer, restorer: SurfaceRestorer | None, batch: RewriteBatch, n: int = 1
+) -> list[list[str]]:
+    """The rewriter's one inference path: validation, ``predict``, the gate and the app's loader
+    (:class:`ExportedQueryRewriter`) all turn a batch into text here.
+
+    Generates with the model's own generation config (beams widened to ``n`` if fewer), decodes,
+    respells uncased output from the question and each history turn, and keeps up to ``n``
+    distinct non-empty rewrites per question, best first; the question itself when the model
+    generated nothing usable (the app still needs a query to run).
+    """
+    beams = max(model.generation_config.num_beams or 1, n)
+    generated = model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        num_beams=beams,
+        num_return_sequences=n,
+    )
+    out: list[list[str]] = []
+    for row, question in enumerate(batch.sources):
+        rewrites: list[str] = []
+        for ids in generated[row * n : (row + 1) * n].tolist():
+            if restorer is not None:
+                text = restorer.restore(ids, batch.histories[row], question)
+            else:
+                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if text and text not in rewrites:
+                rewrites.append(text)
+        out.append(rewrites or [question])
+    return out
+
+
 class QueryRewriter(FeedbackModule):
     """Fine-tunes a seq2seq model to rewrite questions into the queries that find the sources.
 
@@ -288,28 +326,18 @@ class QueryRewriter(FeedbackModule):
 
     # -- text ------------------------------------------------------------------------------
 
-    def decode(self, token_ids: torch.Tensor, batch: RewriteBatch, row: int) -> str:
-        """One generated sequence as text (respelt from its context for uncased models)."""
-        ids = token_ids.tolist()
-        if self.restorer is not None:
-            return self.restorer.restore(ids, batch.histories[row], batch.sources[row])
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def input_encoder(self):
+        """What the data module encodes inputs with: this model's tokenizer (``main.py`` links
+        it into ``data.init_args.input_encoder``)."""
+        return self.tokenizer
 
-    @torch.no_grad()
-    def generate(self, batch: RewriteBatch, num_return_sequences: int = 1) -> torch.Tensor:
-        beams = max(self.model.generation_config.num_beams, num_return_sequences)
-        return self.model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            num_beams=beams,
-            num_return_sequences=num_return_sequences,
-            output_scores=False,
-        )
+    def rewrites(self, batch: RewriteBatch, n: int = 1) -> list[list[str]]:
+        """Up to ``n`` distinct rewrites of every question of the batch, best first."""
+        return generate_rewrites(self.model, self.tokenizer, self.restorer, batch, n)
 
     def rewrite(self, batch: RewriteBatch) -> list[str]:
         """The best rewrite of every question of the batch."""
-        generated = self.generate(batch)
-        return [self.decode(generated[row], batch, row) for row in range(len(batch))]
+        return [rewrites[0] for rewrites in self.rewrites(batch)]
 
     # -- training --------------------------------------------------------------------------
 
@@ -359,7 +387,7 @@ class QueryRewriter(FeedbackModule):
     def _eval_epoch_end(self, stage: str) -> None:
         model = self.metrics[f"{stage}_model"].compute()
         copy = self.metrics[f"{stage}_copy"].compute()
-        if model["bleu"] < copy["bleu"] and not (self.trainer and self.trainer.sanity_checking):
+        if model["bleu"] < copy["bleu"] and not (self._trainer and self._trainer.sanity_checking):
             # The baseline the app already has: a rewriter below it should not replace it.
             log.warning(
                 "%s BLEU %.2f is below the copy baseline's %.2f: this model rewrites worse than "
@@ -382,7 +410,7 @@ class QueryRewriter(FeedbackModule):
 
     def _log_samples(self, stage: str) -> None:
         samples, self._samples = self._samples, []
-        if not samples or self.trainer is None or self.trainer.sanity_checking:
+        if not samples or self._trainer is None or self._trainer.sanity_checking:
             return
         for sample in samples:
             log.info(
@@ -413,21 +441,11 @@ class QueryRewriter(FeedbackModule):
 
         (At least one: the question itself when the model generated nothing usable.)
         """
-        n = self.num_return_sequences
-        generated = self.generate(batch, num_return_sequences=n)
-        out = []
-        for row in range(len(batch)):
-            rewrites: list[str] = []
-            for k in range(n):
-                text = self.decode(generated[row * n + k], batch, row)
-                if text and text not in rewrites:
-                    rewrites.append(text)
-            if not rewrites:  # nothing usable generated: the app still needs a query to run
-                rewrites.append(batch.sources[row])
-            out.append(
-                {"index": batch.indices[row], "question": batch.sources[row], "rewrites": rewrites}
-            )
-        return out
+        rewrites = self.rewrites(batch, self.num_return_sequences)
+        return [
+            {"index": index, "question": question, "rewrites": found}
+            for index, question, found in zip(batch.indices, batch.sources, rewrites, strict=True)
+        ]
 
     # -- optimisation ----------------------------------------------------------------------
 
@@ -458,6 +476,8 @@ class QueryRewriter(FeedbackModule):
             "base_model": lineage.get("base_model", self.model_name_or_path),
             "init_from": self.init_from,
             "input_format": input_format.as_dict() if input_format is not None else None,
+            # the collator's clipping of every text, so the app's loader builds the same inputs
+            "max_text_chars": getattr(datamodule, "max_text_chars", DEFAULT_MAX_TEXT_CHARS),
             # Uncased models' output is respelt from the question and history before use:
             # lightning_modules.surface.SurfaceRestorer.
             "postprocess": "restore_surface" if self.restorer is not None else None,
@@ -489,8 +509,9 @@ class QueryRewriter(FeedbackModule):
 class ExportedQueryRewriter:
     """An exported rewriter as the app uses it: the folder alone, with the standard classes.
 
-    Builds inputs with the saved input format, generates with the saved generation settings and
-    respells uncased output from the question and history, exactly like validation did::
+    Builds inputs with the saved input format and text clipping (the training collator itself),
+    and turns them into text through :func:`generate_rewrites`, the path validation and
+    ``predict`` use, so the app gets exactly what ``predict`` wrote::
 
         rewriter = ExportedQueryRewriter("logs/query_rewriting/version_0/export")
         rewriter.rewrite(["when did they disband?"], [["Frank Zappa", "What group..."]], n=3)
@@ -498,27 +519,28 @@ class ExportedQueryRewriter:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         folder = Path(folder)
-        from datamodules.query_rewriting import RewriteInputFormat
+        from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 
         metadata = json.loads((folder / EXPORT_METADATA_FILE).read_text())
         self.input_format = RewriteInputFormat(**(metadata.get("input_format") or {}))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(folder).to(device).eval()
         self.device = device
+        self.collator = RewriteCollator(
+            self.tokenizer,
+            self.input_format,
+            max_text_chars=metadata.get("max_text_chars", DEFAULT_MAX_TEXT_CHARS),
+        )
         self.restorer = (
             SurfaceRestorer(self.tokenizer)
             if metadata.get("postprocess") == "restore_surface"
             else None
         )
 
-    def _count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
     def input_text(self, question: str, history: list[str] | tuple[str, ...] = ()) -> str:
-        turns = self.input_format.select_history(question, history, self._count_tokens)
-        return self.input_format.join(question, turns)
+        """The model's input text for a question, as training built it."""
+        return self.collator.source_text(RewritePair(question, None, tuple(history)))
 
-    @torch.no_grad()
     def rewrite(
         self,
         questions: list[str],
@@ -528,31 +550,15 @@ class ExportedQueryRewriter:
     ) -> list[list[str]]:
         """Up to ``n`` distinct rewrites of every question (the question itself if none)."""
         histories = histories if histories is not None else [[] for _ in questions]
+        if len(histories) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(histories)} histories")
+        pairs = [
+            RewritePair(question, None, tuple(history))
+            for question, history in zip(questions, histories, strict=True)
+        ]
         out: list[list[str]] = []
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start : start + batch_size]
-            chunk_histories = histories[start : start + batch_size]
-            texts = [self.input_text(q, h) for q, h in zip(chunk, chunk_histories, strict=True)]
-            encoded = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.input_format.max_source_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            beams = max(self.model.generation_config.num_beams or 1, n)
-            generated = self.model.generate(**encoded, num_beams=beams, num_return_sequences=n)
-            for row, (question, history) in enumerate(zip(chunk, chunk_histories, strict=True)):
-                rewrites: list[str] = []
-                for k in range(n):
-                    ids = generated[row * n + k].tolist()
-                    if self.restorer is not None:
-                        text = self.restorer.restore(
-                            ids, [" ".join([*history, question])], question
-                        )
-                    else:
-                        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                    if text and text not in rewrites:
-                        rewrites.append(text)
-                out.append(rewrites or [question])
+        for start in range(0, len(pairs), batch_size):
+            items = list(enumerate(pairs[start : start + batch_size], start))
+            batch = self.collator(items).to(self.device)
+            out += generate_rewrites(self.model, self.tokenizer, self.restorer, batch, n)
         return out

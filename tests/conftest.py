@@ -228,3 +228,13 @@ def _decode_wandb_file(run_file: Path) -> dict | None:
 @pytest.fixture
 def read_wandb_run():
     return _read_wandb_run
+
+
+def generated_ids(module, batch) -> list[list[int]]:
+    """A rewriter's generated token ids for a batch, with the model's own generation config."""
+    import torch
+
+    with torch.no_grad():
+        return module.model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).tolist()

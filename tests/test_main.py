@@ -250,3 +250,29 @@ def test_export_writes_onnx_files_beside_the_weights_when_asked(tmp_path, tiny_b
     assert onnx["output"] == "last_hidden_state" and onnx["quantization"]["config"] == "avx2"
     assert (export_dir / "model.safetensors").is_file()  # the Hugging Face folder as before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_the_cli_hands_the_models_input_encoder_to_the_data_module(
+    tmp_path, tiny_backbone, feedback_file, kind
+):
+    """``link_arguments``: the data module gets the model's encoder when both are built, and
+    never reaches into the model (no trainer is attached here)."""
+    config = write_config(tmp_path, tiny_backbone, feedback_file, kind)
+    cli = main.FeedbackCLI(
+        trainer_class=main.FeedbackTrainer, args=["--config", str(config)], run=False
+    )
+    encoder = cli.datamodule.input_encoder
+    assert type(encoder) is type(cli.model.input_encoder())
+    assert encoder.tokenizer is cli.model.tokenizer
+    assert encoder.max_length == cli.model.max_length
+    cli.datamodule.setup("fit")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch.inputs
+
+
+def test_a_data_module_without_an_encoder_says_what_it_needs(feedback_file):
+    from datamodules.reranker import RerankerDataModule
+
+    with pytest.raises(RuntimeError, match="needs an input_encoder"):
+        RerankerDataModule(train_files=[str(feedback_file)]).setup("fit")

@@ -15,8 +15,8 @@ import main
 from datamodules.query_rewriting import QueryRewritingDataModule, RewriteInputFormat
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.query_rewriter import QueryRewriter
-from tests.conftest import point_loggers_at, quiet_short_trainer
+from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter
+from tests.conftest import generated_ids, point_loggers_at, quiet_short_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_T5 = {
@@ -117,9 +117,9 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     assert val and any(not p.is_original for p in val)
     copy = sacrebleu.corpus_bleu([p.source for p in val], [[p.target for p in val]]).score
     assert float(logged["val/copy/bleu"]) == pytest.approx(copy, abs=1e-3)
-    # A tiny model trained for two epochs is worse than not rewriting, and the log says so.
-    assert float(logged["val/bleu"]) < copy
-    assert "below the copy baseline" in caplog.text
+    # A tiny model trained for two epochs is no better than not rewriting (where it generates
+    # nothing usable, the question itself is its rewrite, as the app gets it).
+    assert float(logged["val/bleu"]) <= copy + 1e-3
     # Mined targets: the rewrite that found more of the user's picks.
     assert {p.target for p in cli.datamodule.train_pairs} >= {
         f"what is the capital of {TOPICS[i % 8]} {i}"
@@ -154,10 +154,10 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
         eval_batch_size=4,
         **{k: cfg["data"]["init_args"][k] for k in ("task_prefix", "max_source_tokens")},
     )
-    dm.tokenizer = module.tokenizer
+    dm.input_encoder = module.input_encoder()
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
-    expected = module.generate(batch)
+    expected = generated_ids(module, batch)
     # ... and the export with the standard classes, inputs built from the saved format only.
     model = AutoModelForSeq2SeqLM.from_pretrained(export_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
@@ -187,6 +187,9 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     assert [x["question"] for x in lines] == [f"what is the capital {i}" for i in range(24)]
     assert all(1 <= len(x["rewrites"]) <= 3 for x in lines)
     assert all(len(set(x["rewrites"])) == len(x["rewrites"]) for x in lines)
+    # The app's loader on the export of the same checkpoint: exactly what predict wrote.
+    rewriter = ExportedQueryRewriter(export_dir)
+    assert rewriter.rewrite([x["question"] for x in lines], n=3) == [x["rewrites"] for x in lines]
     assert before == {p: p.read_bytes() for p in (app, pairs)}
 
 

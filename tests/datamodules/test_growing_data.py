@@ -186,11 +186,6 @@ def test_time_split_needs_timestamps_error_or_skip(tmp_path, tokenizer, make_rec
     assert len(by_hash.train_records) + len(by_hash.val_records) == 12
 
 
-class _Trainer:
-    def __init__(self, tokenizer):
-        self.lightning_module = type("Module", (), {"tokenizer": tokenizer})()
-
-
 def test_rewriter_time_split_and_dedupe(tmp_path, tokenizer):
     pairs = [
         {"source": f"question {i}", "target": f"rewrite {i}", "timestamp": stamp(1 + i)}
@@ -198,7 +193,7 @@ def test_rewriter_time_split_and_dedupe(tmp_path, tokenizer):
     ]
     path = write(tmp_path / "pairs.jsonl", pairs + pairs[:3])
     dm = QueryRewritingDataModule(train_files=[str(path)], split="time", validation_fraction=0.25)
-    dm.trainer = _Trainer(tokenizer)
+    dm.input_encoder = tokenizer
     dm.setup("fit")
     assert dm.reports["train"].duplicates == 3
     assert [p.source for p in dm.val_pairs] == [f"question {i}" for i in range(15, 20)]
@@ -206,6 +201,6 @@ def test_rewriter_time_split_and_dedupe(tmp_path, tokenizer):
     del pairs[2]["timestamp"]
     write(path, pairs)
     broken = QueryRewritingDataModule(train_files=[str(path)], split="time")
-    broken.trainer = _Trainer(tokenizer)
+    broken.input_encoder = tokenizer
     with pytest.raises(FeedbackError, match="timestamp"):
         broken.setup("fit")

@@ -137,23 +137,13 @@ def write_pairs(path: Path, pairs: list[dict]) -> Path:
     return path
 
 
-class _Trainer:
-    def __init__(self, module):
-        self.lightning_module = module
-
-
-class _Module:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-
 def test_split_is_by_question_hash_and_val_subset_is_stable(tmp_path, tokenizer):
     pairs = [{"source": f"question {i}", "target": f"rewrite {i}"} for i in range(300)]
     path = write_pairs(tmp_path / "pairs.jsonl", pairs)
 
     def setup(**kwargs):
         dm = QueryRewritingDataModule(train_files=[str(path)], validation_fraction=0.3, **kwargs)
-        dm.trainer = _Trainer(_Module(tokenizer))
+        dm.input_encoder = tokenizer
         dm.setup("fit")
         return dm
 
@@ -179,7 +169,7 @@ def test_explicit_val_files_remove_their_questions_from_training(tmp_path, token
     )
     val = write_pairs(tmp_path / "val.jsonl", [{"source": "shared  question", "target": "t"}])
     dm = QueryRewritingDataModule(train_files=[str(train)], val_files=[str(val)])
-    dm.trainer = _Trainer(_Module(tokenizer))
+    dm.input_encoder = tokenizer
     dm.setup("fit")
     assert [p.source for p in dm.train_pairs] == ["only train"]
     assert [p.source for p in dm.val_pairs] == ["shared  question"]
@@ -190,7 +180,7 @@ def test_predict_reads_questions_without_targets(tmp_path, tokenizer):
         tmp_path / "ask.jsonl", [{"source": "who", "history": ["a"]}, {"source": "what"}]
     )
     dm = QueryRewritingDataModule(predict_files=[str(path)])
-    dm.trainer = _Trainer(_Module(tokenizer))
+    dm.input_encoder = tokenizer
     dm.setup("predict")
     assert [(p.source, p.target, p.history) for p in dm.predict_pairs] == [
         ("who", None, ("a",)),
@@ -211,7 +201,7 @@ def test_a_session_stays_on_one_side_of_the_split(tmp_path, tokenizer):
     ]
     path = write_pairs(tmp_path / "pairs.jsonl", pairs)
     dm = QueryRewritingDataModule(train_files=[str(path)], validation_fraction=0.3)
-    dm.trainer = _Trainer(_Module(tokenizer))
+    dm.input_encoder = tokenizer
     dm.setup("fit")
     val_sessions = {p.session_id for p in dm.val_pairs}
     train_sessions = {p.session_id for p in dm.train_pairs}

@@ -69,7 +69,44 @@ def test_bf16_fit_with_clipping_trains_with_the_fused_optimizer(tmp_path):
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )
+    clipped_norms = []
+    clip = module.configure_gradient_clipping
+
+    def clip_and_record(optimizer, *args, **kwargs):
+        clip(optimizer, *args, **kwargs)
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        clipped_norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    module.configure_gradient_clipping = clip_and_record
     trainer.fit(module, DataLoader(torch.randn(8, 4), batch_size=4))
     assert trainer.optimizers[0].defaults["fused"] is True
+    # Clipping ran on every step and brought the (huge) gradients down to the limit.
+    assert len(clipped_norms) == 2
+    assert all(norm == pytest.approx(0.5, rel=1e-3) for norm in clipped_norms)
     after = list(module.parameters())
     assert all(not torch.equal(a, b.detach()) for a, b in zip(before, after, strict=True))
+
+
+class WithTemperature(TinyRegression):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_temperature = torch.nn.Parameter(torch.tensor(-3.0))
+        self.frozen = torch.nn.Parameter(torch.ones(3, 3), requires_grad=False)
+
+
+def test_only_matrices_decay_whatever_their_names():
+    module = WithTemperature()
+    module._trainer = SimpleNamespace(
+        estimated_stepping_batches=10, precision_plugin=None, gradient_clip_val=None
+    )
+    optimizer = adamw_with_linear_warmup(module, 1e-3, 0.1, 0.0)["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    linear, norm = module.model
+    assert {id(p) for p in decay["params"]} == {id(linear.weight)}
+    assert {id(p) for p in no_decay["params"]} == {
+        id(linear.bias),
+        id(norm.weight),
+        id(norm.bias),
+        id(module.log_temperature),
+    }

@@ -72,8 +72,11 @@ def test_lines_are_spaced_in_time(tiny_backbone, feedback_file):
     from datamodules.reranker import RerankerDataModule
     from lightning_modules.reranker import BiEncoderReranker
 
-    data = RerankerDataModule(train_files=[str(feedback_file)], batch_size=2)
-    trainer.fit(BiEncoderReranker(model_name_or_path=str(tiny_backbone)), datamodule=data)
+    model = BiEncoderReranker(model_name_or_path=str(tiny_backbone))
+    data = RerankerDataModule(
+        train_files=[str(feedback_file)], batch_size=2, input_encoder=model.input_encoder()
+    )
+    trainer.fit(model, datamodule=data)
     train = [line for line in stream.getvalue().splitlines() if line.startswith("[train] epoch")]
     assert [line.split(" batch ")[1].split(" ")[0] for line in train] == [
         f"1/{trainer.num_training_batches}",

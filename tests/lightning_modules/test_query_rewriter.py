@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import sacrebleu
@@ -12,7 +13,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalG
 from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 from datamodules.rewrite_feedback import RewritePair
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.query_rewriter import QueryRewriter, RewriteMetrics
+from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter, RewriteMetrics
+from tests.conftest import generated_ids
 
 TINY_T5 = {
     "d_model": 32,
@@ -77,9 +79,7 @@ def tiny_t5(backbone, **kwargs) -> QueryRewriter:
         model_name_or_path=str(backbone),
         init="t5_config",
         t5_config=TINY_T5,
-        num_beams=2,
-        max_new_tokens=12,
-        **kwargs,
+        **{"num_beams": 2, "max_new_tokens": 12, **kwargs},
     )
 
 
@@ -187,7 +187,7 @@ def test_export_reloads_with_auto_classes_and_generates_the_same_text(
         repetition_penalty=1.3,
     ).eval()
     batch = batch_of(module, PAIRS)
-    expected = module.generate(batch)
+    expected = generated_ids(module, batch)
     folder = module.export(tmp_path / "export")
 
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
@@ -201,7 +201,7 @@ def test_export_reloads_with_auto_classes_and_generates_the_same_text(
     )
     with torch.no_grad():
         reloaded = model.generate(**inputs)  # the saved generation config, nothing passed
-    assert reloaded.tolist() == expected.tolist()
+    assert reloaded.tolist() == expected
     metadata = json.loads((folder / EXPORT_METADATA_FILE).read_text())
     assert metadata["init"] == init
     assert metadata["postprocess"] == "restore_surface"  # the tiny tokenizer lowercases
@@ -218,12 +218,60 @@ def test_export_refuses_to_replace_an_existing_folder(tmp_path, tiny_backbone):
 
 
 def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
-    module = tiny_t5(tiny_backbone, num_return_sequences=3).eval()
-    out = module.predict_step(batch_of(module, PAIRS), 0)
+    module = tiny_t5(tiny_backbone, num_return_sequences=3, num_beams=3).eval()
+    batch = batch_of(module, PAIRS)
+    out = module.predict_step(batch, 0)
     assert [o["index"] for o in out] == [0, 1]
-    for item in out:
+    # Best first: beam search returns its beams by score, and the rewrites keep that order.
+    scored = module.model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        num_beams=3,
+        num_return_sequences=3,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    scores = scored.sequences_scores.view(len(PAIRS), 3)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    for row, item in enumerate(out):
         assert 1 <= len(item["rewrites"]) <= 3
         assert len(set(item["rewrites"])) == len(item["rewrites"])
+        beams = [
+            module.restorer.restore(ids, batch.histories[row], batch.sources[row])
+            for ids in scored.sequences[row * 3 : row * 3 + 3].tolist()
+        ]
+        first_seen = list(dict.fromkeys(b for b in beams if b)) or [batch.sources[row]]
+        assert item["rewrites"] == first_seen
+
+
+@pytest.mark.parametrize("history_order", ["question_first", "chronological"])
+def test_exported_rewriter_gives_exactly_what_predict_gives(tmp_path, tiny_backbone, history_order):
+    """The app's loader and ``predict`` share one path: the same inputs (format, history budget,
+    clipping of long texts) and the same decoding and respelling, so the same rewrites."""
+    module = tiny_t5(tiny_backbone, num_return_sequences=3, num_beams=3).eval()
+    input_format = RewriteInputFormat(
+        task_prefix="rewrite : ", history_order=history_order, max_source_tokens=24
+    )
+    # A short clip: the long question and turn are cut before tokenisation, on both sides.
+    data = SimpleNamespace(input_format=input_format, max_text_chars=30)
+    pairs = [
+        *PAIRS,
+        RewritePair("what about the Mothers of Invention band", None, ("Frank Zappa", "music")),
+        RewritePair("why " * 40 + "did they split", None, ("the Beatles " * 20, "Abbey Road")),
+        RewritePair("and the capital?", None, ()),
+    ]
+    collate = RewriteCollator(module.tokenizer, input_format, 16, max_text_chars=30)
+    expected = [o["rewrites"] for o in module.predict_step(collate(list(enumerate(pairs))), 0)]
+    folder = module.export(tmp_path / "export", datamodule=data)
+
+    rewriter = ExportedQueryRewriter(folder)
+    questions = [p.source for p in pairs]
+    histories = [list(p.history) for p in pairs]
+    assert rewriter.rewrite(questions, histories, n=3, batch_size=2) == expected
+    assert rewriter.input_text(questions[3], histories[3]) == collate.source_text(pairs[3])
+    assert len(rewriter.input_text(questions[3], histories[3])) < 120  # clipped
+    with pytest.raises(ValueError, match="5 questions but 1 histories"):
+        rewriter.rewrite(questions, histories[:1])
 
 
 @pytest.mark.parametrize(
@@ -256,3 +304,21 @@ def test_unused_encoder_pooler_is_frozen(tiny_backbone):
     assert all(p.grad is not None for _, p in trainable), [
         n for n, p in trainable if p.grad is None
     ]
+
+
+def test_a_rewriter_below_copying_is_flagged(tiny_backbone, caplog):
+    module = tiny_t5(tiny_backbone)
+    module.metrics["val_model"].update(["a b"], ["the capital of france is paris"])
+    module.metrics["val_copy"].update(["the capital of france"], ["the capital of france is paris"])
+    with caplog.at_level("WARNING"):
+        module._eval_epoch_end("val")
+    assert "below the copy baseline" in caplog.text
+
+
+def test_nothing_usable_generated_falls_back_to_the_question(tiny_backbone):
+    module = tiny_t5(tiny_backbone, max_new_tokens=1).eval()
+    # One new token at most, and it is the end token: every rewrite would be empty.
+    module.model.generation_config.forced_eos_token_id = module.model.generation_config.eos_token_id
+    module.model.generation_config.max_new_tokens = 1
+    batch = batch_of(module, PAIRS)
+    assert module.rewrite(batch) == [p.source for p in PAIRS]
