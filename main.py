@@ -200,6 +200,29 @@ class FeedbackCLI(LightningCLI):
             logger.describe(description, job_type=self.subcommand)
 
 
+JOB_KEYS = ("seed_everything", "trainer", "model", "data")
+
+
+def resolved_config(*config_files: str | Path, subcommand: str = "fit") -> dict[str, Any]:
+    """The job the CLI builds from stacked ``--config`` files: pieces read, overlays applied,
+    defaults filled in, as a plain dict (``seed_everything``, ``trainer``, ``model``,
+    ``data``). The CLI's own parser does it (``--print_config``), so tools and tests that edit
+    a shipped job see exactly what ``main.py`` would run."""
+    import contextlib
+    import io
+
+    args = [subcommand, *(a for f in config_files for a in ("--config", str(f)))]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            main([*args, "--print_config"])
+        except SystemExit as exit_info:  # --print_config prints, then exits 0
+            if exit_info.code not in (0, None):
+                raise ValueError(f"{' '.join(args)}: the config does not parse") from exit_info
+    config = yaml.safe_load(printed.getvalue())
+    return {key: config[key] for key in JOB_KEYS if key in config}
+
+
 def _input_encoder(model: L.LightningModule) -> Any:
     return model.input_encoder()
 

@@ -59,8 +59,21 @@ from lightning_modules.hardware import (  # noqa: E402
     describe_cpu,
 )
 
-CONFIG = REPO_ROOT / "configs" / "reranker_cross_encoder.yaml"
-REWRITER_CONFIG = REPO_ROOT / "configs" / "query_rewriting_offline.yaml"
+# the cross-encoder job: the default job with its overlay stacked on it
+CONFIGS = (
+    REPO_ROOT / "configs" / "reranker.yaml",
+    REPO_ROOT / "configs" / "reranker_cross_encoder.yaml",
+)
+REWRITER_CONFIGS = (REPO_ROOT / "configs" / "query_rewriting_offline.yaml",)
+
+
+def job_config(task: str) -> dict[str, Any]:
+    """The job as ``main.py`` resolves it (pieces and overlays applied)."""
+    import main
+
+    return main.resolved_config(*(CONFIGS if task == "reranker" else REWRITER_CONFIGS))
+
+
 TRAIN_FILES = [
     str(REPO_ROOT / "training_data" / "msmarco_sample_feedback.json"),
     str(REPO_ROOT / "training_data" / "trec_session2013_feedback.json"),
@@ -100,9 +113,7 @@ def machine() -> dict[str, Any]:
 
 def reranker_data(args: argparse.Namespace, predict: bool = False) -> RerankerDataModule:
     """Our data module as ``main.py`` builds it from the config (train lists, predict lists)."""
-    import yaml
-
-    init_args = yaml.safe_load(CONFIG.read_text())["data"]["init_args"]
+    init_args = job_config("reranker")["data"]["init_args"]
     data = RerankerDataModule(
         **{
             **init_args,
@@ -169,8 +180,11 @@ def ours(
     ]
     common = [
         command,
-        "--config",
-        str(CONFIG if task == "reranker" else REWRITER_CONFIG),
+        *(
+            a
+            for f in (CONFIGS if task == "reranker" else REWRITER_CONFIGS)
+            for a in ("--config", str(f))
+        ),
         f"--trainer.logger={json.dumps(loggers)}",
         "--trainer.callbacks=[]",
         "--trainer.enable_checkpointing=false",
@@ -219,9 +233,7 @@ def precision_name(bf16: bool) -> str:
 
 def attention_dropout_kwargs() -> dict[str, float]:
     """Our config's attention dropout, for their model too (both sides train the same net)."""
-    import yaml
-
-    value = yaml.safe_load(CONFIG.read_text())["model"]["init_args"].get("attention_dropout")
+    value = job_config("reranker")["model"]["init_args"].get("attention_dropout")
     return {} if value is None else {"attention_probs_dropout_prob": value}
 
 
@@ -394,14 +406,13 @@ def theirs_predict(warm: list, timed: list, bf16: bool, args: argparse.Namespace
 def theirs_seq2seq_fit(bf16: bool, args: argparse.Namespace, output: Path) -> dict:
     """``Seq2SeqTrainer`` on our rewriter's model, pairs and batch size, tokenised as our
     collator does (so only the training loops differ)."""
-    import yaml
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     from datamodules.query_rewriting import QueryRewritingDataModule
     from lightning_modules.query_rewriter import QueryRewriter
 
-    config = yaml.safe_load(REWRITER_CONFIG.read_text())
+    config = job_config("rewriter")
     torch.manual_seed(args.seed)
     module = QueryRewriter(**{**config["model"]["init_args"], "model_name_or_path": args.backbone})
     data_args = config["data"]["init_args"]

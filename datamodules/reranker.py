@@ -254,7 +254,8 @@ class RerankerDataModule(ResumableTrainingData):
         on_invalid: ``error`` stops at the first bad record; ``skip`` drops and reports them.
         document_template: how a source becomes text, over ``{title}``, ``{snippet}``, ``{url}``.
         batch_size: queries per training batch.
-        eval_batch_size: queries per validation/test/predict batch (default: ``batch_size``).
+        eval_batch_size: queries per validation/test/predict batch (``None``: ``batch_size``;
+            64: their pairs, sorted by length, pad less).
         max_docs_per_query: list cap in training (all positives kept, negatives sampled; picks
             that would take more than half the list are sampled down to leave room).
         max_docs_per_query_eval: list cap in validation and test (the first sources shown are
@@ -288,7 +289,7 @@ class RerankerDataModule(ResumableTrainingData):
         on_invalid: OnInvalid = "error",
         document_template: str = DEFAULT_DOCUMENT_TEMPLATE,
         batch_size: int = 8,
-        eval_batch_size: int | None = None,
+        eval_batch_size: int | None = 64,
         max_docs_per_query: int = 16,
         max_docs_per_query_eval: int | None = 100,
         max_text_chars: int = 8192,

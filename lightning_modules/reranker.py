@@ -30,7 +30,12 @@ from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
-from lightning_modules.losses import ListNetLoss, RankingLoss, listwise_distillation
+from lightning_modules.losses import (
+    ListNetLoss,
+    RankingLoss,
+    SoftmaxCrossEntropyLoss,
+    listwise_distillation,
+)
 from lightning_modules.metrics import RankingMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.resume import FeedbackModule
@@ -44,7 +49,9 @@ class RerankerModule(FeedbackModule):
     Args:
         model_name_or_path: a local folder or a Hugging Face hub name.
             ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the packaged, offline copy.
-        loss: a :class:`~lightning_modules.losses.RankingLoss` (default: ListNet).
+        loss: a :class:`~lightning_modules.losses.RankingLoss` (default: the class's
+            ``default_loss``: ListNet for the cross-encoder, softmax cross-entropy for the
+            bi-encoder, the shipped recipes).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: share of the optimisation steps spent warming the learning rate up
@@ -60,11 +67,12 @@ class RerankerModule(FeedbackModule):
             new feedback then continues from what is deployed; the export records the lineage.
         torch_compile: ``torch.compile`` the backbone (opt-in; see ``benchmarks/``).
         gradient_checkpointing: trade compute for activation memory (large backbones).
-        attention_dropout: dropout on the attention probabilities while training (``None``:
-            the backbone's own, 0.1 for BERT). At 0, PyTorch's fused (flash) attention kernel
-            runs on CPU as on GPU; with dropout, attention falls back to the unfused path, which
-            keeps every ``[heads, L, L]`` probability matrix for the backward pass (measured:
-            40% of a training step's activation memory, ``benchmarks/profile_fit.py``).
+        attention_dropout: dropout on the attention probabilities while training (default 0,
+            the recipe; ``None``: the backbone's own, 0.1 for BERT). At 0, PyTorch's fused
+            (flash) attention kernel runs on CPU as on GPU; with dropout, attention falls back
+            to the unfused path, which keeps every ``[heads, L, L]`` probability matrix for the
+            backward pass (measured: 40% of a training step's activation memory,
+            ``benchmarks/profile_fit.py``).
         chunk_size: sequences per forward pass; a batch's sequences are sorted by length and
             each chunk is padded to its own longest (smaller chunks: less padding).
         chunk_checkpointing: in training, keep only each chunk's inputs and recompute its
@@ -74,6 +82,7 @@ class RerankerModule(FeedbackModule):
     """
 
     architecture: str = ""
+    default_loss: type[RankingLoss] = ListNetLoss
 
     def __init__(
         self,
@@ -89,7 +98,7 @@ class RerankerModule(FeedbackModule):
         init_from: str | None = None,
         torch_compile: bool = False,
         gradient_checkpointing: bool = False,
-        attention_dropout: float | None = None,
+        attention_dropout: float | None = 0.0,
         chunk_size: int = 16,
         chunk_checkpointing: bool = False,
     ) -> None:
@@ -112,7 +121,7 @@ class RerankerModule(FeedbackModule):
             self.model_path = str(init_from)
         else:
             self.model_path = resolve_model_path(model_name_or_path)
-        self.loss = loss if loss is not None else ListNetLoss()
+        self.loss = loss if loss is not None else self.default_loss()
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
@@ -383,14 +392,15 @@ class BiEncoderReranker(RerankerModule):
 
     This is how a sentence-embedding backbone such as all-MiniLM-L6-v2 was trained to rank, so
     fine-tuning it keeps what it already knows. The temperature only sharpens the scores the loss
-    sees (it is learnable by default, initialised at ``temperature``); it never changes the
+    sees (fixed in the recipe; learnable with ``learn_temperature``); it never changes the
     ranking, so the export is a plain ``sentence_transformers.SentenceTransformer``.
 
     Args:
         similarity: ``cosine`` (normalised embeddings) or ``dot``.
         temperature: initial softmax temperature of the scores (0.05 = scale 20, as in
             sentence-transformers' MultipleNegativesRankingLoss).
-        learn_temperature: learn the temperature with the model.
+        learn_temperature: learn the temperature with the model (off in the recipe: a fixed
+            scale of 20, as the backbone was trained).
         in_batch_negatives: in training, every query's list also holds the other queries'
             sources of the batch as negatives (the in-batch negatives of sentence-transformers'
             MultipleNegativesRankingLoss, which trained all-MiniLM-L6-v2), so the embedding space
@@ -406,15 +416,16 @@ class BiEncoderReranker(RerankerModule):
     """
 
     architecture = "bi-encoder"
+    default_loss = SoftmaxCrossEntropyLoss
 
     def __init__(
         self,
         *args: Any,
         similarity: Literal["cosine", "dot"] = "cosine",
         temperature: float = 0.05,
-        learn_temperature: bool = True,
-        in_batch_negatives: bool = False,
-        anchor_weight: float = 0.0,
+        learn_temperature: bool = False,
+        in_batch_negatives: bool = True,
+        anchor_weight: float = 1.0,
         anchor_cache_size: int = 200_000,
         **kwargs: Any,
     ) -> None:

@@ -60,6 +60,40 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return build_tiny_backbone(tmp_path_factory.mktemp("tiny_bert"))
 
 
+@pytest.fixture
+def tokenizer(tiny_backbone):
+    """The tiny backbone's (uncased WordPiece) tokenizer, fresh for each test."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_backbone)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_folder(tiny_backbone, tmp_path_factory) -> Path:
+    """A 1-layer T5 with random weights and the tiny WordPiece tokenizer, saved like a hub
+    seq2seq model (what ``init: pretrained`` loads)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("tiny_t5")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        d_ff=32,
+        d_kv=8,
+        num_heads=2,
+        num_layers=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_record(i: int, n_sources: int = 5, picks: tuple[int, ...] = (1,)) -> dict:
     topics = ["cost of sales", "capital of france", "civil war causes", "red fruit", "fast car"]
     topic = topics[i % len(topics)]

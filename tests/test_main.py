@@ -22,7 +22,7 @@ MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
 
 
 def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> Path:
-    config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
+    config = main.resolved_config(REPO / "configs" / "reranker.yaml")
     config["trainer"].update(
         max_epochs=2,
         precision="32-true",  # the exactness checks below compare float32 scores
@@ -196,14 +196,91 @@ def test_fit_validate_export_reload_predict(tmp_path, tiny_backbone, feedback_fi
     assert load_reranker_feedback(feedback_file)[1].kept == len(records)
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_parses(config, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "--config", config, "--print_config")
-    assert exit_info.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("lightning_modules.")
-    assert printed["data"]["class_path"].startswith("datamodules.")
+# Every job the configs ship, as the README runs them: a job, then any overlays stacked on it.
+JOBS = [
+    ("reranker.yaml",),
+    ("reranker.yaml", "reranker_full.yaml"),
+    ("reranker.yaml", "reranker_cross_encoder.yaml"),
+    ("reranker.yaml", "reranker_jina.yaml"),
+    ("reranker.yaml", "low_memory.yaml"),
+    ("query_rewriting_offline.yaml",),
+    ("query_rewriting_offline.yaml", "query_rewriting.yaml"),
+]
+HUB_MODELS = {"jinaai/jina-reranker-v1-turbo-en", "prhegde/t5-query-reformulation-RL"}
+
+
+def test_every_config_file_is_part_of_a_shipped_job():
+    used = set()
+    for job in JOBS:
+        for name in job:
+            path = REPO / "configs" / name
+            used.add(path)
+            for value in yaml.safe_load(path.read_text()).values():  # its pieces
+                if isinstance(value, str) and value.endswith(".yaml"):
+                    used.add((path.parent / value).resolve())
+    assert set((REPO / "configs").rglob("*.yaml")) == used
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda job: "+".join(Path(n).stem for n in job))
+def test_every_config_builds_its_classes(job, tmp_path, tiny_backbone, tiny_t5_folder):
+    """Each job parses and instantiates every class it names (trainer, loggers, callbacks, model,
+    loss, data module). Hub models are swapped for tiny local ones of the same kind: no network."""
+    config = main.resolved_config(*(REPO / "configs" / name for name in job))
+    assert config["model"]["class_path"].startswith("lightning_modules.")
+    assert config["data"]["class_path"].startswith("datamodules.")
+    model_args = config["model"]["init_args"]
+    if model_args["model_name_or_path"] in HUB_MODELS:
+        seq2seq = config["model"]["class_path"].endswith("QueryRewriter")
+        model_args["model_name_or_path"] = str(tiny_t5_folder if seq2seq else tiny_backbone)
+    elif model_args.get("init") == "encoder_decoder" or "Reranker" in config["model"]["class_path"]:
+        model_args["model_name_or_path"] = str(tiny_backbone)  # the packaged MiniLM: slow to load
+    point_loggers_at(config, tmp_path / "logs")
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    cli = main.FeedbackCLI(
+        trainer_class=main.FeedbackTrainer, args=["--config", str(config_file)], run=False
+    )
+    assert type(cli.model).__name__ == config["model"]["class_path"].rsplit(".", 1)[1]
+    assert type(cli.datamodule).__name__ == config["data"]["class_path"].rsplit(".", 1)[1]
+    assert cli.datamodule.input_encoder is not None  # linked from the model
+    callbacks = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"ModelCheckpoint", "EarlyStopping", "ExportBestModel"} <= callbacks
+    assert len(cli.trainer.loggers) == 2
+    if job[-1] == "low_memory.yaml":
+        assert cli.model.chunk_checkpointing and cli.model.chunk_size == 8
+
+
+def test_code_defaults_are_the_shipped_recipes():
+    """The model and data pieces of the default jobs only write out what the code already does:
+    ``BiEncoderReranker()`` and ``QueryRewriter()`` are the recipes."""
+    import inspect
+
+    from datamodules.reranker import RerankerDataModule
+    from lightning_modules.query_rewriter import QueryRewriter
+    from lightning_modules.reranker import BiEncoderReranker, RerankerModule
+
+    def defaults(*classes):
+        out = {}
+        for cls in classes:
+            for name, p in inspect.signature(cls.__init__).parameters.items():
+                if p.default is not inspect.Parameter.empty:
+                    out.setdefault(name, p.default)
+        return out
+
+    for piece, classes in [
+        ("model/bi_encoder.yaml", (BiEncoderReranker, RerankerModule)),
+        ("model/t5_rewriter.yaml", (QueryRewriter,)),
+        ("data/reranker_feedback.yaml", (RerankerDataModule,)),
+    ]:
+        init_args = yaml.safe_load((REPO / "configs" / piece).read_text())["init_args"]
+        code = defaults(*classes)
+        for name, value in init_args.items():
+            if name == "loss":
+                assert (
+                    BiEncoderReranker.default_loss.__name__ == value["class_path"].rsplit(".")[-1]
+                )
+            elif name != "train_files":  # the shipped data, not a default
+                assert code[name] == value, (piece, name)
 
 
 def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(

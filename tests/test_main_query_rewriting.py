@@ -70,7 +70,7 @@ def data_files(tmp_path) -> tuple[Path, Path]:
 
 
 def write_config(tmp_path: Path, backbone: Path, files: list[Path]) -> Path:
-    config = yaml.safe_load((REPO / "configs" / "query_rewriting_offline.yaml").read_text())
+    config = main.resolved_config(REPO / "configs" / "query_rewriting_offline.yaml")
     quiet_short_trainer(config, default_root_dir=str(tmp_path))
     point_loggers_at(config, tmp_path / "logs")
     config["model"]["init_args"] = {

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(tmp_path: Path, backbone: Path, feedback: Path, stem: str = "ablation") -> Path:
     """configs/reranker.yaml (W&B + CSV loggers as shipped) on a tiny model and file."""
-    config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
+    config = main.resolved_config(REPO / "configs" / "reranker.yaml")
     quiet_short_trainer(config)
     point_loggers_at(config, tmp_path / "logs")
     config["model"]["init_args"].update(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import main
 from benchmarks.replay import ordered_records, parse_args, plot, replay, write_chunks
 from tests.conftest import point_loggers_at
 
@@ -50,7 +51,7 @@ def test_replay_runs_the_loop_end_to_end(tmp_path, tiny_backbone, make_record):
     log = tmp_path / "log.json"
     log.write_text(json.dumps({"reranker_data": records}))
     before = log.read_bytes()
-    config = yaml.safe_load((REPO / "configs" / "reranker.yaml").read_text())
+    config = main.resolved_config(REPO / "configs" / "reranker.yaml")
     point_loggers_at(config, tmp_path / "unused")
     config["model"]["init_args"].update(
         model_name_or_path=str(tiny_backbone),

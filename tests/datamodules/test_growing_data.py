@@ -7,7 +7,6 @@ import json
 from datetime import datetime, timezone
 
 import pytest
-from transformers import AutoTokenizer
 
 from datamodules.encoding import BiEncoderInputs
 from datamodules.feedback import FeedbackError, load_reranker_feedback, parse_timestamp
@@ -132,11 +131,6 @@ def reranker_datamodule(files, tokenizer, **kwargs) -> RerankerDataModule:
     dm = RerankerDataModule(train_files=[str(f) for f in files], **kwargs)
     dm.input_encoder = BiEncoderInputs(tokenizer, max_length=32, max_query_length=16)
     return dm
-
-
-@pytest.fixture
-def tokenizer(tiny_backbone):
-    return AutoTokenizer.from_pretrained(tiny_backbone)
 
 
 def test_reranker_time_split_over_two_overlapping_files(tmp_path, tokenizer, make_record):

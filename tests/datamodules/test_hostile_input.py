@@ -10,7 +10,6 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
 from datamodules.encoding import CrossEncoderInputs
 from datamodules.feedback import (
@@ -157,11 +156,6 @@ def test_non_utf8_file_is_named_with_the_offending_byte(tmp_path):
 
 
 # -- caps -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tokenizer(tiny_backbone):
-    return AutoTokenizer.from_pretrained(tiny_backbone)
 
 
 class CountingTokenizer:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from datamodules.query_rewriting import (
     LengthGroupedSampler,
@@ -21,11 +20,6 @@ from datamodules.split import is_validation_query
 
 def word_counter(texts: list[str]) -> list[int]:
     return [len(t.split()) for t in texts]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_backbone):
-    return AutoTokenizer.from_pretrained(tiny_backbone)
 
 
 def test_question_first_layout_puts_newest_turn_next_to_the_question():

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
-from transformers import AutoTokenizer
 
 from datamodules.encoding import BiEncoderInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import RerankerDataModule
@@ -18,11 +16,6 @@ def make_datamodule(files, tokenizer, *, cross=True, **kwargs) -> RerankerDataMo
     encoder_type = CrossEncoderInputs if cross else BiEncoderInputs
     dm.input_encoder = encoder_type(tokenizer, max_length=48, max_query_length=16, chunk_size=4)
     return dm
-
-
-@pytest.fixture
-def tokenizer(tiny_backbone):
-    return AutoTokenizer.from_pretrained(tiny_backbone)
 
 
 def test_split_is_by_query_and_deterministic(feedback_file, tokenizer, tmp_path, make_record):

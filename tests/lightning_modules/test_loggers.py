@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
+import main
 from lightning_modules.loggers import (
     FeedbackWandbLogger,
     RunDescription,
@@ -51,8 +51,8 @@ def test_data_hash_follows_contents_not_names_or_order(tmp_path):
     assert data_content_hash([a, b]) != before
 
 
-def load_config(name: str) -> dict:
-    return yaml.safe_load((REPO / "configs" / name).read_text())
+def load_config(*names: str) -> dict:
+    return main.resolved_config(*(REPO / "configs" / name for name in names))
 
 
 def test_shipped_reranker_config_is_described(monkeypatch):
@@ -80,8 +80,10 @@ def test_shipped_reranker_config_is_described(monkeypatch):
 
 def test_shipped_rewriter_config_and_unseeded_runs(monkeypatch):
     monkeypatch.chdir(REPO)
-    config = load_config("query_rewriting.yaml")
-    description = describe_run(config, ["configs/query_rewriting.yaml"])
+    config = load_config("query_rewriting_offline.yaml", "query_rewriting.yaml")
+    description = describe_run(
+        config, ["configs/query_rewriting_offline.yaml", "configs/query_rewriting.yaml"]
+    )
     assert description.task == "query_rewriter"
     assert description.model == "t5-query-reformulation-RL"
     assert description.loss.startswith("cross_entropy")

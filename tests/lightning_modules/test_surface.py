@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-from transformers import AutoTokenizer, T5TokenizerFast
+from transformers import T5TokenizerFast
 
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_backbone):
-    return AutoTokenizer.from_pretrained(tiny_backbone)
 
 
 def restore(tokenizer, output: str, question: str, history: list[str]) -> str:
