@@ -272,3 +272,130 @@ def generated_ids(module, batch) -> list[list[int]]:
         return module.model.generate(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask
         ).tolist()
+
+
+# -- end-to-end jobs on tiny models (shared by the CLI, resume, DDP and gate tests) ---------
+
+import yaml  # noqa: E402
+
+import main  # noqa: E402
+from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker  # noqa: E402
+
+REPO = REPO_ROOT
+# a T5 small enough to train in seconds, dropout off so runs compare exactly
+TINY_T5 = {
+    "d_model": 32,
+    "d_ff": 64,
+    "d_kv": 8,
+    "num_heads": 4,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "dropout_rate": 0.0,
+}
+
+
+RERANKER_MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
+
+
+def write_reranker_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> Path:
+    """configs/reranker.yaml resolved, on a tiny model (``kind``: cross or bi) and a file."""
+    config = main.resolved_config(REPO / "configs" / "reranker.yaml")
+    config["trainer"].update(
+        max_epochs=2,
+        precision="32-true",  # the exactness checks below compare float32 scores
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    point_loggers_at(config, tmp_path / "logs")
+    config["model"] = {
+        "class_path": f"lightning_modules.reranker.{RERANKER_MODULES[kind].__name__}",
+        "init_args": {
+            "model_name_or_path": str(backbone),
+            "loss": {"class_path": "lightning_modules.losses.RankNetLoss"},
+            "learning_rate": 1e-3,
+            "max_length": 48,
+            "max_query_length": 16,
+        },
+    }
+    config["data"]["init_args"].update(
+        train_files=[str(feedback)],
+        batch_size=4,
+        validation_fraction=0.3,
+        document_template="{title} | {snippet}",
+    )
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+TOPICS = ["france", "germany", "apple", "banana", "music", "film", "river", "city"]
+
+
+def rewriting_app_record(i: int) -> dict:
+    """The rewrite that adds the topic finds two of the user's picks; the original finds one."""
+    topic = TOPICS[i % len(TOPICS)]
+    original = f"what is the capital {i}"
+    better = f"what is the capital of {topic} {i}"
+    urls = [f"https://example.org/{i}/{k}" for k in range(6)]
+    return {
+        "original_query": original,
+        "selected_sources": urls[:3],
+        "query_source_mapping": {
+            "original query": {"query": original, "reasoning": "user", "sources": urls[2:]},
+            "rewrite 1": {
+                "query": better,
+                "reasoning": "t5",
+                "sources": [{"url": u, "title": "t", "snippet": "s"} for u in urls[:2]],
+            },
+        },
+        "query_generator": "t5",
+        "timestamp": "2025-07-19T10:00:00",
+    }
+
+
+@pytest.fixture()
+def rewriting_data_files(tmp_path) -> tuple[Path, Path]:
+    """An app rewriting log (24 records, mined targets) and a pairs file with history."""
+    app = tmp_path / "query_rewriting_training_data.json"
+    app.write_text(
+        json.dumps({"query_rewriting_data": [rewriting_app_record(i) for i in range(24)]})
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    lines = [
+        {
+            "source": f"when did it win {i}",
+            "target": f"when did the band win {i}",
+            "history": ["the band", f"song {i}"],
+        }
+        for i in range(16)
+    ]
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return app, pairs
+
+
+def write_rewriter_config(tmp_path: Path, backbone: Path, files: list[Path]) -> Path:
+    """configs/query_rewriting_offline.yaml resolved, on a tiny T5 and ``files``."""
+    config = main.resolved_config(REPO / "configs" / "query_rewriting_offline.yaml")
+    quiet_short_trainer(config, default_root_dir=str(tmp_path))
+    point_loggers_at(config, tmp_path / "logs")
+    config["model"]["init_args"] = {
+        "model_name_or_path": str(backbone),
+        "init": "t5_config",
+        "t5_config": TINY_T5,
+        "learning_rate": 3e-3,
+        "num_beams": 2,
+        "max_new_tokens": 12,
+        "num_return_sequences": 3,
+    }
+    config["data"]["init_args"].update(
+        train_files=[str(f) for f in files],
+        validation_fraction=0.3,
+        batch_size=8,
+        task_prefix="rewrite : ",
+        max_source_tokens=48,
+    )
+    path = tmp_path / "rewriter.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

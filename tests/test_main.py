@@ -14,43 +14,15 @@ import main
 from datamodules.feedback import load_reranker_feedback, render_document
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
-from tests.conftest import point_loggers_at, reranker_predict_scores
+from lightning_modules.reranker import BiEncoderReranker
+from tests.conftest import (
+    RERANKER_MODULES,
+    point_loggers_at,
+    reranker_predict_scores,
+    write_reranker_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = {"cross": CrossEncoderReranker, "bi": BiEncoderReranker}
-
-
-def write_config(tmp_path: Path, backbone: Path, feedback: Path, kind: str) -> Path:
-    config = main.resolved_config(REPO / "configs" / "reranker.yaml")
-    config["trainer"].update(
-        max_epochs=2,
-        precision="32-true",  # the exactness checks below compare float32 scores
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
-    point_loggers_at(config, tmp_path / "logs")
-    config["model"] = {
-        "class_path": f"lightning_modules.reranker.{MODULES[kind].__name__}",
-        "init_args": {
-            "model_name_or_path": str(backbone),
-            "loss": {"class_path": "lightning_modules.losses.RankNetLoss"},
-            "learning_rate": 1e-3,
-            "max_length": 48,
-            "max_query_length": 16,
-        },
-    }
-    config["data"]["init_args"].update(
-        train_files=[str(feedback)],
-        batch_size=4,
-        validation_fraction=0.3,
-        document_template="{title} | {snippet}",
-    )
-    path = tmp_path / f"{kind}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def run_cli(*args: str):
@@ -65,7 +37,9 @@ def checkpoint_of(tmp_path: Path) -> Path:
 def module_scores(kind: str, config: Path, ckpt: Path, feedback: Path):
     """Scores from the checkpoint through the training code path, per query."""
     cfg = yaml.safe_load(config.read_text())
-    module = MODULES[kind](**{k: v for k, v in cfg["model"]["init_args"].items() if k != "loss"})
+    module = RERANKER_MODULES[kind](
+        **{k: v for k, v in cfg["model"]["init_args"].items() if k != "loss"}
+    )
     load_weights(module, ckpt)
     module.eval()
     template = cfg["data"]["init_args"]["document_template"]
@@ -73,9 +47,10 @@ def module_scores(kind: str, config: Path, ckpt: Path, feedback: Path):
     return module, records, scores
 
 
+@pytest.mark.slow  # end-to-end fit through the CLI
 @pytest.mark.parametrize("kind", ["cross", "bi"])
 def test_fit_validate_export_reload_predict(tmp_path, tiny_backbone, feedback_file, kind):
-    config = write_config(tmp_path, tiny_backbone, feedback_file, kind)
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, kind)
     cli = run_cli("fit", "--config", config)
     assert cli.trainer.current_epoch == 2
     logged = cli.trainer.callback_metrics
@@ -257,7 +232,7 @@ def test_code_defaults_are_the_shipped_recipes():
 
     from datamodules.reranker import RerankerDataModule
     from lightning_modules.query_rewriter import QueryRewriter
-    from lightning_modules.reranker import BiEncoderReranker, RerankerModule
+    from lightning_modules.reranker import RerankerModule
 
     def defaults(*classes):
         out = {}
@@ -283,6 +258,7 @@ def test_code_defaults_are_the_shipped_recipes():
                 assert code[name] == value, (piece, name)
 
 
+@pytest.mark.slow  # end-to-end fit through the CLI
 def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
     tmp_path, tiny_backbone, feedback_file
 ):
@@ -291,7 +267,7 @@ def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
     data["reranker_data"].append(bad)
     broken = tmp_path / "with_a_bad_record.json"
     broken.write_text(json.dumps(data))
-    config = write_config(tmp_path, tiny_backbone, broken, "bi")
+    config = write_reranker_config(tmp_path, tiny_backbone, broken, "bi")
     with pytest.raises(Exception, match=r"record 41: field 'positive_sources\[0\]'"):
         run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
     cli = run_cli(
@@ -308,6 +284,7 @@ def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
     assert "val/ndcg@10" in cli.trainer.callback_metrics
 
 
+@pytest.mark.slow  # end-to-end export through the CLI
 def test_export_writes_onnx_files_beside_the_weights_when_asked(tmp_path, tiny_backbone):
     pytest.importorskip("onnxruntime")
     from lightning_modules.onnx_export import missing_onnx_dependencies
@@ -316,7 +293,7 @@ def test_export_writes_onnx_files_beside_the_weights_when_asked(tmp_path, tiny_b
         pytest.skip("the onnx extra is not installed")
     feedback = tmp_path / "feedback.json"
     feedback.write_text(json.dumps({"reranker_data": []}))
-    config = write_config(tmp_path, tiny_backbone, feedback, "bi")
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback, "bi")
     export_dir = tmp_path / "exported"
     run_cli("export", "--config", config, "--export_dir", export_dir, "--onnx", "true")
     metadata = json.loads((export_dir / EXPORT_METADATA_FILE).read_text())
@@ -335,7 +312,7 @@ def test_the_cli_hands_the_models_input_encoder_to_the_data_module(
 ):
     """``link_arguments``: the data module gets the model's encoder when both are built, and
     never reaches into the model (no trainer is attached here)."""
-    config = write_config(tmp_path, tiny_backbone, feedback_file, kind)
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, kind)
     cli = main.FeedbackCLI(
         trainer_class=main.FeedbackTrainer, args=["--config", str(config)], run=False
     )

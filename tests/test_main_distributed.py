@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_main import write_config
+from tests.conftest import write_reranker_config
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("val/ndcg@10", "val/mrr@10", "val/display/ndcg@10", "val/recall@3", "val/ndcg@3")
@@ -44,7 +47,7 @@ def versions(logs: Path) -> list[Path]:
 
 @pytest.fixture
 def ddp_config(tmp_path, tiny_backbone, feedback_file) -> Path:
-    path = write_config(tmp_path, tiny_backbone, feedback_file, "bi")
+    path = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
     config = yaml.safe_load(path.read_text())
     config["trainer"]["max_epochs"] = 1
     # W&B stays out of the subprocesses (it is tested elsewhere)

@@ -9,10 +9,13 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 import main
-from tests.test_main import write_config as write_reranker_config
-from tests.test_main_query_rewriting import data_files  # noqa: F401  (a fixture)
-from tests.test_main_query_rewriting import write_config as write_rewriter_config
+from tests.conftest import write_reranker_config, write_rewriter_config
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -84,8 +87,8 @@ def test_reranker_gate_refuses_worse_accepts_better_and_rolls_back(
     assert snapshot(deployment) == before
 
 
-def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, data_files):  # noqa: F811
-    app, pairs = data_files
+def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, rewriting_data_files):  # noqa: F811
+    app, pairs = rewriting_data_files
     config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     cli = main.main(
         [

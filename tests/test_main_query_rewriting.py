@@ -16,82 +16,12 @@ from datamodules.query_rewriting import QueryRewritingDataModule, RewriteInputFo
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter
-from tests.conftest import generated_ids, point_loggers_at, quiet_short_trainer
+from tests.conftest import TOPICS, generated_ids, write_rewriter_config
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_T5 = {
-    "d_model": 32,
-    "d_ff": 64,
-    "d_kv": 8,
-    "num_heads": 4,
-    "num_layers": 2,
-    "num_decoder_layers": 2,
-}
-TOPICS = ["france", "germany", "apple", "banana", "music", "film", "river", "city"]
-
-
-def app_record(i: int) -> dict:
-    """The rewrite that adds the topic finds two of the user's picks; the original finds one."""
-    topic = TOPICS[i % len(TOPICS)]
-    original = f"what is the capital {i}"
-    better = f"what is the capital of {topic} {i}"
-    urls = [f"https://example.org/{i}/{k}" for k in range(6)]
-    return {
-        "original_query": original,
-        "selected_sources": urls[:3],
-        "query_source_mapping": {
-            "original query": {"query": original, "reasoning": "user", "sources": urls[2:]},
-            "rewrite 1": {
-                "query": better,
-                "reasoning": "t5",
-                "sources": [{"url": u, "title": "t", "snippet": "s"} for u in urls[:2]],
-            },
-        },
-        "query_generator": "t5",
-        "timestamp": "2025-07-19T10:00:00",
-    }
-
-
-@pytest.fixture()
-def data_files(tmp_path) -> tuple[Path, Path]:
-    app = tmp_path / "query_rewriting_training_data.json"
-    app.write_text(json.dumps({"query_rewriting_data": [app_record(i) for i in range(24)]}))
-    pairs = tmp_path / "pairs.jsonl"
-    lines = [
-        {
-            "source": f"when did it win {i}",
-            "target": f"when did the band win {i}",
-            "history": ["the band", f"song {i}"],
-        }
-        for i in range(16)
-    ]
-    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return app, pairs
-
-
-def write_config(tmp_path: Path, backbone: Path, files: list[Path]) -> Path:
-    config = main.resolved_config(REPO / "configs" / "query_rewriting_offline.yaml")
-    quiet_short_trainer(config, default_root_dir=str(tmp_path))
-    point_loggers_at(config, tmp_path / "logs")
-    config["model"]["init_args"] = {
-        "model_name_or_path": str(backbone),
-        "init": "t5_config",
-        "t5_config": TINY_T5,
-        "learning_rate": 3e-3,
-        "num_beams": 2,
-        "max_new_tokens": 12,
-        "num_return_sequences": 3,
-    }
-    config["data"]["init_args"].update(
-        train_files=[str(f) for f in files],
-        validation_fraction=0.3,
-        batch_size=8,
-        task_prefix="rewrite : ",
-        max_source_tokens=48,
-    )
-    path = tmp_path / "rewriter.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def run_cli(*args):
@@ -99,11 +29,11 @@ def run_cli(*args):
 
 
 def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
-    tmp_path, tiny_backbone, data_files, caplog, capsys
+    tmp_path, tiny_backbone, rewriting_data_files, caplog, capsys
 ):
-    app, pairs = data_files
+    app, pairs = rewriting_data_files
     before = {p: p.read_bytes() for p in (app, pairs)}
-    config = write_config(tmp_path, tiny_backbone, [app, pairs])
+    config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     cli = run_cli("fit", "--config", config)
     logged = cli.trainer.callback_metrics
     for name in ("bleu", "chrf", "exact_match"):
@@ -193,12 +123,12 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     assert before == {p: p.read_bytes() for p in (app, pairs)}
 
 
-def test_bad_record_is_named_and_skip_mode_counts_it(tmp_path, tiny_backbone, data_files):
-    app, pairs = data_files
+def test_bad_record_is_named_and_skip_mode_counts_it(tmp_path, tiny_backbone, rewriting_data_files):
+    app, pairs = rewriting_data_files
     data = json.loads(app.read_text())
     data["query_rewriting_data"][3]["query_source_mapping"]["rewrite 1"]["query"] = 7
     app.write_text(json.dumps(data))
-    config = write_config(tmp_path, tiny_backbone, [app, pairs])
+    config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     with pytest.raises(Exception, match=r"record 3: field 'query_source_mapping\['rewrite 1'\]"):
         run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
     cli = run_cli(

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 import main
-from tests.test_main import write_config as write_reranker_config
-from tests.test_main_query_rewriting import data_files  # noqa: F401  (a fixture)
-from tests.test_main_query_rewriting import write_config as write_rewriter_config
+from tests.conftest import write_reranker_config, write_rewriter_config
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 class SimulatedCrash(RuntimeError):
@@ -105,9 +106,9 @@ def test_reranker_resumed_mid_epoch_ends_like_the_uninterrupted_run(
 def test_rewriter_resumed_mid_epoch_ends_like_the_uninterrupted_run(
     tmp_path,
     tiny_backbone,
-    data_files,  # noqa: F811
+    rewriting_data_files,  # noqa: F811
 ):
-    app, pairs = data_files
+    app, pairs = rewriting_data_files
     config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     names = ("val/loss", "val/bleu", "val/exact_match")
     expected, resumed = fit_killed_and_resumed(config, tmp_path, 4, names)

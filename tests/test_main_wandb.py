@@ -13,6 +13,9 @@ import main
 from lightning_modules.loggers import data_content_hash
 from tests.conftest import point_loggers_at, quiet_short_trainer
 
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

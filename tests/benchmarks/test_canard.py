@@ -11,6 +11,9 @@ import pytest
 import sacrebleu
 import torch
 
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "canard.py"
 _spec = importlib.util.spec_from_file_location("canard_under_test", SCRIPT)
 assert _spec is not None and _spec.loader is not None

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.data_scale import run, write_log
 from datamodules.feedback import load_reranker_feedback
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 def test_synthetic_log_is_valid_app_feedback(tmp_path):

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.gpu_check import run
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 def test_gpu_check_script_runs_every_phase_on_cpu(tmp_path, tiny_backbone, capsys):
@@ -45,7 +50,7 @@ def test_gpu_check_script_runs_every_phase_on_cpu(tmp_path, tiny_backbone, capsy
 def test_without_a_gpu_it_says_so_and_exits_2(capsys):
     import torch
 
-    if torch.cuda.is_available():  # on a GPU machine this path cannot be taken
-        return
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the no-GPU path cannot be taken")
     assert run([]) == 2
     assert "No CUDA GPU" in capsys.readouterr().out

@@ -15,9 +15,10 @@ from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.onnx_export import missing_onnx_dependencies
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
 
-pytestmark = pytest.mark.skipif(
-    bool(missing_onnx_dependencies()), reason="the onnx extra is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,  # a benchmark run
+    pytest.mark.skipif(bool(missing_onnx_dependencies()), reason="the onnx extra is not installed"),
+]
 
 TOPICS = ["capital of france", "red fruit", "fast car", "civil war causes"]
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from benchmarks import profile_fit
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 def test_profile_reports_every_part_of_a_step_and_the_data(

@@ -12,6 +12,9 @@ import main
 from benchmarks.replay import ordered_records, parse_args, plot, replay, write_chunks
 from tests.conftest import point_loggers_at
 
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.throughput import parse_args, prediction_pairs, reranker_data, run, training_pairs
 from datamodules.split import normalise_query
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 
 def test_both_sides_read_the_same_lists(tiny_backbone):

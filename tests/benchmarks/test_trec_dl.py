@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "trec_dl.py"
 _spec = importlib.util.spec_from_file_location("trec_dl_under_test", SCRIPT)
 assert _spec is not None and _spec.loader is not None

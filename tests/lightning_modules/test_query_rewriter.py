@@ -14,17 +14,7 @@ from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 from datamodules.rewrite_feedback import RewritePair
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter, RewriteMetrics
-from tests.conftest import generated_ids
-
-TINY_T5 = {
-    "d_model": 32,
-    "d_ff": 64,
-    "d_kv": 8,
-    "num_heads": 4,
-    "num_layers": 2,
-    "num_decoder_layers": 2,
-    "dropout_rate": 0.0,
-}
+from tests.conftest import TINY_T5, generated_ids
 
 HYPOTHESES = [
     "when did Frank Zappa disband the Mothers of Invention?",

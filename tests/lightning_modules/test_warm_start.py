@@ -13,8 +13,7 @@ from datamodules.rewrite_feedback import RewritePair
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
-from tests.conftest import generated_ids
-from tests.lightning_modules.test_query_rewriter import TINY_T5
+from tests.conftest import TINY_T5, generated_ids
 
 LISTS = [
     RerankList(

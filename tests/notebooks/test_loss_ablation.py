@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 import re
@@ -13,6 +15,9 @@ import nbformat
 import papermill
 
 from lightning_modules.losses import RankingLoss
+
+# end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "loss_ablation.ipynb"
