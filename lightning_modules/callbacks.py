@@ -30,16 +30,24 @@ def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
 
 
 class ExportBestModel(L.Callback):
-    """At the end of ``fit``, export the best checkpoint (by the ModelCheckpoint's monitor).
+    """The best model of a fit as a folder the app loads, written as a by-product of
+    checkpointing: whenever the ModelCheckpoint saves a new best (by its monitor), the module
+    holds exactly those weights, and the export is written then, replacing this fit's previous
+    one atomically. Nothing is cloned or reloaded, and the export's model card and metadata
+    carry that epoch's validation metric beside its baseline.
+
+    Without a monitored ModelCheckpoint, the weights the fit ends with are exported. A resumed
+    fit that never beats the best checkpoint it resumed with exports that checkpoint (loaded,
+    exported, then the module's weights put back).
 
     Args:
         export_dir: where to write; default ``<log dir>/export``, a fresh folder for every run,
             so a fit never replaces a model that is already there.
-        overwrite: replace ``export_dir`` if it exists.
+        overwrite: replace ``export_dir`` if it exists when the fit first writes it.
         onnx: also write ``onnx/model.onnx`` and its int8 quantisation into the export (a
             reranker only; needs the ``onnx`` extra, checked when the fit starts). Off by
-            default: it adds a few seconds to a small model's export, and the app that loads
-            the Hugging Face folder has no use for it.
+            default: it adds a few seconds to every export of a small model, and the app that
+            loads the Hugging Face folder has no use for it.
     """
 
     def __init__(
@@ -48,8 +56,11 @@ class ExportBestModel(L.Callback):
         self.export_dir = export_dir
         self.overwrite = overwrite
         self.onnx = onnx
+        self._exported_best: tuple[str, float | None] | None = None
+        self._wrote_export = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._wrote_export = False
         if not self.onnx:
             return
         # Refuse now, not after the whole fit.
@@ -62,21 +73,60 @@ class ExportBestModel(L.Callback):
 
         require_onnx_dependencies("ExportBestModel(onnx=true)")
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.fast_dev_run:
-            return
-        checkpoint = next(
-            (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path),
-            None,
+    @staticmethod
+    def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+        return next(
+            (c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None
         )
+
+    @staticmethod
+    def _best(checkpoint: ModelCheckpoint) -> tuple[str, float | None]:
+        score = checkpoint.best_model_score
+        return checkpoint.best_model_path, None if score is None else float(score)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # (after a resume has restored the ModelCheckpoint: its best so far is not new)
+        checkpoint = self._checkpoint(trainer)
+        self._exported_best = self._best(checkpoint) if checkpoint is not None else None
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # ModelCheckpoint records a new best before it saves it: the weights are the best's.
+        monitor = self._checkpoint(trainer)
+        if monitor is None or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        best = self._best(monitor)
+        if best[0] and best != self._exported_best:
+            self._exported_best = best
+            log.info("New best checkpoint %s: exporting it", best[0])
+            self._export(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._wrote_export or trainer.fast_dev_run:
+            return
+        checkpoint = self._checkpoint(trainer)
+        if checkpoint is None or not checkpoint.best_model_path:
+            self._export(trainer, pl_module)  # nothing monitored: the final weights
+            return
+        # Resumed, and no epoch beat the best it resumed with: that checkpoint's weights.
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        if checkpoint is not None:
-            load_weights(pl_module, checkpoint.best_model_path)
-            log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
+        load_weights(pl_module, checkpoint.best_model_path)
+        log.info("Exporting best checkpoint %s", checkpoint.best_model_path)
+        try:
+            self._export(trainer, pl_module)
+        finally:
+            pl_module.load_state_dict(state)  # leave the module as fit left it
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        wrote_before, self._wrote_export = self._wrote_export, True
+        if not trainer.is_global_zero:
+            return
         target = Path(self.export_dir or rank_zero_log_dir(trainer) / "export")
         extra = {"onnx": True} if self.onnx else {}
-        pl_module.export(target, datamodule=trainer.datamodule, overwrite=self.overwrite, **extra)
-        pl_module.load_state_dict(state)  # leave the module as fit left it
+        # The first write of this fit honours `overwrite`; later ones replace its own export.
+        overwrite = self.overwrite or wrote_before
+        pl_module.export(target, datamodule=trainer.datamodule, overwrite=overwrite, **extra)
         print(f"Exported the fine-tuned model to {target}")
 
 

@@ -15,6 +15,105 @@ if TYPE_CHECKING:  # only annotations: the app's loader imports this module with
 
 # Written beside the weights: what the model is and how the app must format documents for it.
 EXPORT_METADATA_FILE = "feedback_finetuning.json"
+# The model card every export carries (as sentence-transformers and the Hugging Face hub name it).
+MODEL_CARD_FILE = "README.md"
+
+_LOADING = {
+    "bi-encoder": """```python
+from lightning_modules.inference import ExportedReranker  # the app's loader (this project)
+
+reranker = ExportedReranker.load("{folder}")  # backend="onnx" / "onnx-int8" where written
+ranked = reranker.rank(query, sources)  # sources: the app's dicts; [(index, score)] best first
+
+from sentence_transformers import SentenceTransformer  # or the plain library
+
+model = SentenceTransformer("{folder}")
+```""",
+    "cross-encoder": """```python
+from lightning_modules.inference import ExportedReranker  # the app's loader (this project)
+
+reranker = ExportedReranker.load("{folder}")  # backend="onnx" / "onnx-int8" where written
+ranked = reranker.rank(query, sources)  # sources: the app's dicts; [(index, score)] best first
+
+from sentence_transformers import CrossEncoder  # or the plain library
+
+model = CrossEncoder("{folder}")
+```""",
+    "seq2seq_query_rewriter": """```python
+from lightning_modules.query_rewriter import ExportedQueryRewriter  # the app's loader
+
+rewriter = ExportedQueryRewriter("{folder}")  # input format and respelling included
+rewriter.rewrite(["when did they disband?"], [["Frank Zappa"]], n=3)
+
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # or the plain library
+
+model = AutoModelForSeq2SeqLM.from_pretrained("{folder}")
+```""",
+}
+
+
+def model_card(metadata: dict[str, Any], folder_name: str = "path/to/this/folder") -> str:
+    """The export's README.md, from its metadata alone: what the model is, what it was trained
+    on and with, how it validated against the baseline the app already has, how to load it."""
+    architecture = metadata.get("architecture", "model")
+    training = metadata.get("training") or {}
+    lines = [
+        "---",
+        "tags: [feedback-finetuning, " + architecture + "]",
+        f"base_model: {metadata.get('base_model')}",
+        "---",
+        "",
+        f"# {architecture} fine-tuned on user feedback",
+        "",
+        f"Fine-tuned with feedback-finetuning (from what a search app's users picked) from "
+        f"`{metadata.get('base_model')}`"
+        + (f", warm-started from `{metadata['init_from']}`" if metadata.get("init_from") else "")
+        + ".",
+        "",
+        "## Training",
+        "",
+        f"- Objective: {training.get('loss', 'unknown')}",
+    ]
+    data = training.get("data")
+    if data:
+        files = ", ".join(f"`{f}`" for f in data.get("train_files", []))
+        lines.append(f"- Data: {files} (content hash `{data.get('content_hash')}`)")
+        if data.get("val_files"):
+            lines.append("- Validation data: " + ", ".join(f"`{f}`" for f in data["val_files"]))
+    validation = training.get("validation")
+    if validation:
+        text = f"- Validation `{validation['metric']}`: {validation['value']:.4f}"
+        if "baseline" in validation:
+            text += (
+                f" against {validation['baseline']:.4f} for the baseline the app already has"
+                f" (`{validation['baseline_metric']}`), lift {validation['lift']:+.4f}"
+            )
+        lines.append(text + f" (epoch {validation['epoch']})")
+    else:
+        lines.append("- Validation: not recorded (exported outside a fit)")
+    recipe = training.get("recipe") or {}
+    if recipe:
+        lines += ["", "Recipe (the model's arguments):", "", "```json"]
+        lines += [json.dumps(recipe, indent=2, sort_keys=True, default=str), "```"]
+    inputs = {
+        k: metadata[k]
+        for k in ("document_template", "input_format", "max_length", "max_query_length")
+        if metadata.get(k) is not None
+    }
+    if inputs:
+        lines += ["", "## Inputs", "", "The app must build inputs as training did:", "", "```json"]
+        lines += [json.dumps(inputs, indent=2, default=str), "```"]
+    if metadata.get("onnx"):
+        lines += ["", "ONNX files (CPU inference) are listed in `" + EXPORT_METADATA_FILE + "`."]
+    loading = _LOADING.get(architecture)
+    if loading:
+        lines += ["", "## How to load it", "", loading.format(folder=folder_name)]
+    lines += [
+        "",
+        f"Everything above, machine-readable: `{EXPORT_METADATA_FILE}`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def write_atomically(
@@ -63,6 +162,8 @@ def export_folder(
         written = save_model(folder) or {}
         contents = {**metadata, **written}
         (folder / EXPORT_METADATA_FILE).write_text(json.dumps(contents, indent=2) + "\n")
+        # (replaces the generic card a library may have written with the weights)
+        (folder / MODEL_CARD_FILE).write_text(model_card(contents, Path(target).name))
 
     return write_atomically(Path(target), write, overwrite=overwrite)
 

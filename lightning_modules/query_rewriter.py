@@ -326,6 +326,10 @@ class QueryRewriter(FeedbackModule):
 
     # -- text ------------------------------------------------------------------------------
 
+    def loss_name(self) -> str:
+        smoothing = f", label smoothing {self.label_smoothing}" if self.label_smoothing else ""
+        return f"token cross-entropy on the mined target{smoothing}"
+
     def input_encoder(self):
         """What the data module encodes inputs with: this model's tokenizer (``main.py`` links
         it into ``data.init_args.input_encoder``)."""
@@ -502,7 +506,10 @@ class QueryRewriter(FeedbackModule):
             self.tokenizer.save_pretrained(folder)
 
         return export_folder(
-            export_dir, save_model, self.export_metadata(datamodule), overwrite=overwrite
+            export_dir,
+            save_model,
+            {**self.export_metadata(datamodule), "training": self.training_record(datamodule)},
+            overwrite=overwrite,
         )
 
 

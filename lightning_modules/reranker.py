@@ -327,7 +327,10 @@ class RerankerModule(FeedbackModule):
 
             require_onnx_dependencies("export with onnx=true")
         document_template = getattr(datamodule, "document_template", DEFAULT_DOCUMENT_TEMPLATE)
-        metadata = self.export_metadata(document_template)
+        metadata = {
+            **self.export_metadata(document_template),
+            "training": self.training_record(datamodule),
+        }
         max_text_chars = getattr(datamodule, "max_text_chars", None)
         if max_text_chars is not None:
             metadata["max_text_chars"] = max_text_chars

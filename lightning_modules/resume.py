@@ -5,6 +5,7 @@ Lightning builds the model."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -50,6 +51,45 @@ class FeedbackModule(L.LightningModule):
 
     torch_compile: bool = False
     gradient_checkpointing: bool = False
+
+    def training_record(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
+        """What an export says about how it was made (``feedback_finetuning.json`` and the
+        model card): the recipe, the loss, the data (files and a hash of their contents) and,
+        when exported from a fit, the validation metric beside its baseline."""
+        from lightning_modules.compare import baseline_name
+        from lightning_modules.loggers import _training_data_files, data_content_hash
+
+        recipe = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        record: dict[str, Any] = {
+            "recipe": json.loads(json.dumps(recipe, default=str)),
+            "loss": self.loss_name(),
+        }
+        files = {
+            key: [str(f) for f in getattr(datamodule, key, None) or []]
+            for key in ("train_files", "val_files")
+        }
+        if any(files.values()):
+            found = _training_data_files({"init_args": files})
+            record["data"] = {**files, "content_hash": data_content_hash(found)}
+        trainer = self._trainer
+        checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer else None
+        monitor = getattr(checkpoint, "monitor", None)
+        metrics = trainer.callback_metrics if trainer is not None else {}
+        if monitor and monitor in metrics:
+            value = float(metrics[monitor])
+            baseline_key = baseline_name(monitor)
+            validation = {"metric": monitor, "value": value, "epoch": trainer.current_epoch}
+            if baseline_key in metrics:
+                baseline = float(metrics[baseline_key])
+                validation.update(baseline_metric=baseline_key, baseline=baseline)
+                validation["lift"] = value - baseline
+            record["validation"] = validation
+        return record
+
+    def loss_name(self) -> str:
+        """The training objective, as the model card names it."""
+        loss = getattr(self, "loss", None)
+        return type(loss).__name__ if loss is not None else "unknown"
 
     def configure_model(self) -> None:
         apply_speed_options(

@@ -13,7 +13,8 @@ import yaml
 import main
 from datamodules.feedback import load_reranker_feedback, render_document
 from lightning_modules.callbacks import load_weights
-from lightning_modules.export import EXPORT_METADATA_FILE
+from lightning_modules.export import EXPORT_METADATA_FILE, MODEL_CARD_FILE
+from lightning_modules.loggers import data_content_hash
 from lightning_modules.reranker import BiEncoderReranker
 from tests.conftest import (
     RERANKER_MODULES,
@@ -78,6 +79,31 @@ def test_fit_validate_export_reload_predict(tmp_path, tiny_backbone, feedback_fi
     export_dir = tmp_path / "exported"
     run_cli("export", "--config", config, "--ckpt_path", ckpt, "--export_dir", export_dir)
     metadata = json.loads((export_dir / EXPORT_METADATA_FILE).read_text())
+
+    # The fit's own export, written when that checkpoint became the best, holds its weights...
+    def weights(folder: Path) -> dict:
+        from safetensors.torch import load_file
+
+        (path,) = folder.rglob("*.safetensors")
+        return load_file(path)
+
+    fit_weights, ckpt_weights = weights(auto_export), weights(export_dir)
+    assert fit_weights.keys() == ckpt_weights.keys()
+    assert all(torch.equal(fit_weights[k], ckpt_weights[k]) for k in fit_weights)
+    # ... and a model card with that epoch's validation metric beside the display order's.
+    best = cli.trainer.checkpoint_callback.best_model_score
+    fit_metadata = json.loads((auto_export / EXPORT_METADATA_FILE).read_text())
+    validation = fit_metadata["training"]["validation"]
+    assert validation["metric"] == "val/ndcg@10"
+    assert validation["value"] == pytest.approx(float(best), abs=1e-6)
+    assert validation["lift"] == pytest.approx(validation["value"] - validation["baseline"])
+    assert fit_metadata["training"]["data"]["content_hash"] == data_content_hash([feedback_file])
+    assert fit_metadata["training"]["loss"] == "RankNetLoss"
+    card = (auto_export / MODEL_CARD_FILE).read_text()
+    assert f"{validation['value']:.4f} against {validation['baseline']:.4f}" in card
+    assert "ExportedReranker.load" in card and str(tiny_backbone) in card
+    # exported outside a fit: the card says no validation was recorded
+    assert "not recorded" in (export_dir / MODEL_CARD_FILE).read_text()
     assert metadata["architecture"] == {"cross": "cross-encoder", "bi": "bi-encoder"}[kind]
     assert metadata["document_template"] == "{title} | {snippet}"
     assert (export_dir / "model.safetensors").exists() or any(export_dir.rglob("*.safetensors"))

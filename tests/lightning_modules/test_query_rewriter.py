@@ -254,6 +254,10 @@ def test_exported_rewriter_gives_exactly_what_predict_gives(tmp_path, tiny_backb
     expected = [o["rewrites"] for o in module.predict_step(collate(list(enumerate(pairs))), 0)]
     folder = module.export(tmp_path / "export", datamodule=data)
 
+    card = (folder / "README.md").read_text()  # the model card
+    assert "ExportedQueryRewriter" in card and '"task_prefix": "rewrite : "' in card
+    assert "token cross-entropy" in card and "not recorded" in card
+
     rewriter = ExportedQueryRewriter(folder)
     questions = [p.source for p in pairs]
     histories = [list(p.history) for p in pairs]
