@@ -1,8 +1,8 @@
 """Command line: ``python main.py {fit,validate,test,predict,export,promote} --config ...yaml``.
 
 ``python main.py compare [log folders]`` prints a table of finished runs (see
-:mod:`lightning_modules.compare`); ``python main.py rollback <deployment>`` switches a
-deployment back to its previous version (see :mod:`lightning_modules.promote`).
+:mod:`deployment.compare`); ``python main.py rollback <deployment>`` switches a deployment back
+to its previous version (see :mod:`deployment.versions`).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class FeedbackTrainer(L.Trainer):
         Args:
             candidate: an exported model folder (``main.py export`` or a fit's ``export/``).
             deployment: the path the app loads; a link to versioned copies that this command
-                switches atomically (see :mod:`lightning_modules.promote`).
+                switches atomically (see :mod:`deployment.gate`).
             metric: the gate's metric: ``ndcg@10`` (default) or ``mrr@10`` for a reranker,
                 ``bleu`` (default) or ``exact_match`` for a rewriter.
             margin: the least improvement of ``metric`` that promotes (its own scale: NDCG
@@ -124,11 +124,12 @@ class FeedbackTrainer(L.Trainer):
             report_dir: where the JSON and Markdown reports go (default
                 ``logs/promote/<time>``).
         """
-        from lightning_modules.promote import run_gate
+        from deployment.gate import run_gate
 
         if datamodule is None:
             raise ValueError("promote needs the data module that holds the held-out feedback")
         return run_gate(
+            self,
             model,
             datamodule,
             candidate,
@@ -162,9 +163,25 @@ class SaveAndLogConfig(SaveConfigCallback):
                 logger.experiment.config.update(config, allow_val_change=True)
 
 
+# Commands that need no model, data or trainer; handled before LightningCLI (see main()).
+TOOL_COMMANDS = {
+    "compare": "a table of finished runs: best metric, baseline, lift, config differences",
+    "rollback": "point a deployment back at its previous version",
+}
+
+
 class FeedbackCLI(LightningCLI):
-    """LightningCLI with ``export`` next to fit/validate/test/predict, and W&B runs described
-    by their config."""
+    """LightningCLI with ``export`` and ``promote`` next to fit/validate/test/predict, the tool
+    commands (``compare``, ``rollback``) listed in its help, and W&B runs described by their
+    config."""
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        tools = "; ".join(f"{name}: {text}" for name, text in TOOL_COMMANDS.items())
+        epilog = f"Tool commands (python main.py <command> --help) -- {tools}."
+        main_kwargs = {**main_kwargs, "epilog": epilog}
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -231,11 +248,11 @@ def main(args: list[str] | None = None) -> FeedbackCLI | int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["compare"]:  # reads finished runs' logs: no model, no trainer
-        from lightning_modules.compare import main as compare
+        from deployment.compare import main as compare
 
         return compare(argv[1:])
     if argv[:1] == ["rollback"]:  # switches a deployment link back: no model, no trainer
-        from lightning_modules.promote import rollback_main
+        from deployment.versions import rollback_main
 
         return rollback_main(argv[1:])
     # Called from Python (a notebook, a benchmark) with its own arguments, the CLI must not also

@@ -1,69 +1,50 @@
-"""Ranking metrics over listwise ``[B, L]`` scores, built on torchmetrics' retrieval metrics."""
+"""The evaluation core: one set of metric functions per task, used by validation and test, by
+the promotion gate (which runs Lightning's validation loop) and by the benchmarks.
+
+Ranking: pure functions over listwise ``[B, L]`` arrays with a padding mask give per-query
+values (torchmetrics' retrieval functions underneath, as ``trec_eval`` computes them); the
+:class:`RankingMetrics` torchmetrics ``Metric`` gathers them across batches and processes and
+averages them, and keeps them per query for the gate's paired bootstrap.
+
+Rewriting: per-sentence SacreBLEU sufficient statistics (13a tokenisation, cased, read from
+torchmetrics' public metric state), so that the corpus BLEU of any resample is a sum and a
+formula (Papineni et al., ACL 2002); :class:`RewriteMetrics` reports BLEU, chrF and exact match.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
+from torchmetrics import Metric
+from torchmetrics.functional.retrieval import (
+    retrieval_normalized_dcg,
+    retrieval_recall,
+    retrieval_reciprocal_rank,
+)
+from torchmetrics.text import CHRFScore, SacreBLEUScore
+from torchmetrics.utilities import dim_zero_cat
+
+from datamodules.split import normalise_query
 
 
-class _BinaryTarget(Metric):
-    """Feeds ``target > 0`` to a retrieval metric that needs binary relevance (MRR, recall)."""
-
-    full_state_update = False
-
-    def __init__(self, metric: Metric) -> None:
-        super().__init__()
-        self.metric = metric
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor, indexes: torch.Tensor) -> None:
-        self.metric.update(preds, target > 0, indexes=indexes)
-
-    def compute(self) -> torch.Tensor:
-        return self.metric.compute()
-
-    def reset(self) -> None:
-        self.metric.reset()
-        super().reset()
+def _is_empty(state: list[torch.Tensor] | torch.Tensor) -> bool:
+    """A ``cat`` state before any update: a list, or a tensor once synced across processes."""
+    return len(state) == 0 if isinstance(state, list) else state.numel() == 0
 
 
-class RankingMetrics(MetricCollection):
-    """NDCG@k (graded gain = label, log2 discount, as trec_eval), MRR@k and Recall@k.
+def baseline_name(monitor: str) -> str:
+    """The baseline logged beside a metric: the display order for a reranker
+    (``val/ndcg@10`` -> ``val/display/ndcg@10``), copying the question for a rewriter
+    (``val/bleu`` -> ``val/copy/bleu``)."""
+    stage, _, metric = monitor.partition("/")
+    return {"bleu": f"{stage}/copy/{metric}"}.get(metric, f"{stage}/display/{metric}")
 
-    Queries with no relevant source are skipped (NDCG, MRR and recall are undefined for them),
-    which is what ``trec_eval`` does for queries absent from the qrels. Ties in scores are broken
-    by position in the list.
-    """
 
-    def __init__(
-        self,
-        ndcg_at: tuple[int, ...] = (1, 3, 5, 10),
-        mrr_at: tuple[int, ...] = (10,),
-        recall_at: tuple[int, ...] = (3,),
-        prefix: str | None = None,
-    ) -> None:
-        metrics: dict[str, Metric] = {}
-        for k in ndcg_at:
-            metrics[f"ndcg@{k}"] = RetrievalNormalizedDCG(top_k=k, empty_target_action="skip")
-        for k in mrr_at:
-            metrics[f"mrr@{k}"] = _BinaryTarget(RetrievalMRR(top_k=k, empty_target_action="skip"))
-        for k in recall_at:
-            metrics[f"recall@{k}"] = _BinaryTarget(
-                RetrievalRecall(top_k=k, empty_target_action="skip")
-            )
-        super().__init__(metrics, prefix=prefix, compute_groups=False)
-
-    def update_lists(
-        self,
-        scores: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor,
-        query_index: torch.Tensor,
-    ) -> None:
-        """Add a batch of lists; ``query_index[B]`` must identify each query uniquely."""
-        indexes = query_index.view(-1, 1).expand_as(mask)
-        preds = rank_scores(scores, mask)
-        self.update(preds[mask], labels[mask].float(), indexes=indexes[mask])
+# -- ranking ------------------------------------------------------------------------------------
 
 
 def rank_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,3 +60,235 @@ def rank_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(width, device=scores.device).expand_as(order))
     return (width - ranks).float()
+
+
+def ranking_metric_names(
+    ndcg_at: Sequence[int] = (1, 3, 5, 10),
+    mrr_at: Sequence[int] = (10,),
+    recall_at: Sequence[int] = (3,),
+) -> list[str]:
+    return (
+        [f"ndcg@{k}" for k in ndcg_at]
+        + [f"mrr@{k}" for k in mrr_at]
+        + [f"recall@{k}" for k in recall_at]
+    )
+
+
+def ranking_metrics_per_query(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    ndcg_at: Sequence[int] = (1, 3, 5, 10),
+    mrr_at: Sequence[int] = (10,),
+    recall_at: Sequence[int] = (3,),
+) -> dict[str, torch.Tensor]:
+    """NDCG@k (graded gain = label, log2 discount; Järvelin & Kekäläinen, TOIS 2002), MRR@k and
+    Recall@k (relevant = label > 0) of every list of ``scores[B, L]``, as ``[B]`` arrays.
+
+    Padding (``mask`` false) is never ranked. A list without a relevant source gets NaN: the
+    metrics are undefined for it, and ``trec_eval`` skips such queries. Ties in scores are
+    broken by position in the list.
+    """
+    ranks = rank_scores(scores, mask).cpu()
+    labels, mask = labels.float().cpu(), mask.cpu()
+    names = ranking_metric_names(ndcg_at, mrr_at, recall_at)
+    out = torch.full((len(names), scores.shape[0]), float("nan"), dtype=torch.float64)
+    for row in range(scores.shape[0]):
+        preds, target = ranks[row][mask[row]], labels[row][mask[row]]
+        relevant = target > 0
+        if not relevant.any():
+            continue
+        values = [retrieval_normalized_dcg(preds, target, top_k=k) for k in ndcg_at]
+        values += [retrieval_reciprocal_rank(preds, relevant, top_k=k) for k in mrr_at]
+        values += [retrieval_recall(preds, relevant, top_k=k) for k in recall_at]
+        out[:, row] = torch.stack([v.double() for v in values])
+    return dict(zip(names, out, strict=True))
+
+
+class RankingMetrics(Metric):
+    """Per-query ranking metrics over an evaluation, gathered across batches and processes.
+
+    ``compute()`` is the mean over the queries that have a relevant source (0 if none has);
+    ``per_query()`` gives each query's values, by query index, for paired comparisons.
+    """
+
+    full_state_update = False
+
+    def __init__(
+        self,
+        ndcg_at: tuple[int, ...] = (1, 3, 5, 10),
+        mrr_at: tuple[int, ...] = (10,),
+        recall_at: tuple[int, ...] = (3,),
+    ) -> None:
+        super().__init__()
+        self.ks = {"ndcg_at": ndcg_at, "mrr_at": mrr_at, "recall_at": recall_at}
+        self.names = ranking_metric_names(ndcg_at, mrr_at, recall_at)
+        self.add_state("query_index", default=[], dist_reduce_fx="cat")
+        self.add_state("values", default=[], dist_reduce_fx="cat")  # [N, metrics]
+
+    def update_lists(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        query_index: torch.Tensor,
+    ) -> None:
+        """Add a batch of lists; ``query_index[B]`` must identify each query uniquely."""
+        self.update(scores, labels, mask, query_index)
+
+    def update(self, scores, labels, mask, query_index) -> None:
+        per_query = ranking_metrics_per_query(scores, labels, mask, **self.ks)
+        values = torch.stack([per_query[name] for name in self.names], dim=1)
+        self.query_index.append(query_index.detach().long().to(self.device))
+        self.values.append(values.float().to(self.device))  # (float32: MPS has no float64)
+
+    def per_query(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Query indices (sorted) and, for each metric, the values of the queries that have a
+        relevant source (the others are dropped)."""
+        if _is_empty(self.query_index):
+            return torch.zeros(0, dtype=torch.long), {n: torch.zeros(0) for n in self.names}
+        index, values = dim_zero_cat(self.query_index), dim_zero_cat(self.values)
+        order = torch.argsort(index, stable=True)
+        index, values = index[order], values[order]
+        kept = ~torch.isnan(values).any(1)
+        return index[kept], {n: values[kept, i] for i, n in enumerate(self.names)}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        _, values = self.per_query()
+        return {
+            name: (v.mean() if len(v) else torch.tensor(0.0, dtype=torch.float64)).float()
+            for name, v in values.items()
+        }
+
+
+# -- rewriting -----------------------------------------------------------------------------------
+
+
+def corpus_bleu_from_statistics(
+    matches: torch.Tensor, totals: torch.Tensor, hypothesis_length: float, reference_length: float
+) -> float:
+    """SacreBLEU's corpus BLEU (0-100; 4-grams, uniform weights, no smoothing) from summed
+    n-gram ``matches[4]`` and ``totals[4]`` and the summed lengths."""
+    if hypothesis_length == 0 or float(matches.min()) == 0:
+        return 0.0
+    log_precision = float((torch.log(matches.double()) - torch.log(totals.double())).mean())
+    brevity = min(0.0, 1.0 - reference_length / hypothesis_length)
+    return 100.0 * math.exp(log_precision + brevity)
+
+
+@dataclass
+class BleuStatistics:
+    """Per-sentence SacreBLEU sufficient statistics (13a, cased): the corpus BLEU of any
+    resample of the sentences is a sum of rows and :func:`corpus_bleu_from_statistics`."""
+
+    matches: torch.Tensor  # [N, 4] clipped n-gram matches
+    totals: torch.Tensor  # [N, 4] hypothesis n-grams
+    hypothesis_length: torch.Tensor  # [N]
+    reference_length: torch.Tensor  # [N]
+
+    @classmethod
+    def from_texts(cls, hypotheses: Sequence[str], references: Sequence[str]) -> BleuStatistics:
+        rows = []
+        for hypothesis, reference in zip(hypotheses, references, strict=True):
+            sentence = SacreBLEUScore(tokenize="13a")
+            sentence.update([hypothesis], [[reference]])
+            state = sentence.metric_state
+            rows.append(
+                (state["numerator"], state["denominator"], state["preds_len"], state["target_len"])
+            )
+        if not rows:
+            zero = torch.zeros(0, 4, dtype=torch.float64)
+            return cls(zero, zero, torch.zeros(0), torch.zeros(0))
+        return cls(
+            torch.stack([r[0].double() for r in rows]),
+            torch.stack([r[1].double() for r in rows]),
+            torch.stack([torch.as_tensor(r[2]).double() for r in rows]),
+            torch.stack([torch.as_tensor(r[3]).double() for r in rows]),
+        )
+
+    def corpus_bleu(self, indices: np.ndarray | None = None) -> float:
+        """Corpus BLEU (0-100) of the sentences at ``indices`` (with repeats), all by default."""
+        pick = slice(None) if indices is None else torch.as_tensor(indices)
+        return corpus_bleu_from_statistics(
+            self.matches[pick].sum(0),
+            self.totals[pick].sum(0),
+            float(self.hypothesis_length[pick].sum()),
+            float(self.reference_length[pick].sum()),
+        )
+
+
+def exact_matches(hypotheses: Sequence[str], references: Sequence[str]) -> torch.Tensor:
+    """1 where a rewrite equals its reference after case, width and whitespace normalisation
+    (``normalise_query``), else 0."""
+    return torch.tensor(
+        [
+            float(normalise_query(h) == normalise_query(r))
+            for h, r in zip(hypotheses, references, strict=True)
+        ],
+        dtype=torch.float64,
+    )
+
+
+class RewriteMetrics(Metric):
+    """Corpus SacreBLEU (13a, cased) and chrF (sacrebleu's default, not chrF++) on sacrebleu's
+    0-100 scale, and exact match (the share of rewrites, 0-1) of a set of rewrites;
+    ``per_sentence()`` keeps what the gate's paired
+    bootstrap resamples (BLEU statistics and exact matches, by pair index)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chrf = CHRFScore(n_word_order=0)
+        for name in ("index", "matches", "totals", "hypothesis_length", "reference_length"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.add_state("exact", default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        predictions: list[str],
+        references: list[str],
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        statistics = BleuStatistics.from_texts(predictions, references)
+        if indices is None:
+            start = sum(len(i) for i in self.index) if isinstance(self.index, list) else 0
+            indices = range(start, start + len(predictions))
+        self.index.append(torch.as_tensor(list(indices), dtype=torch.long, device=self.device))
+        self.matches.append(statistics.matches.float().to(self.device))
+        self.totals.append(statistics.totals.float().to(self.device))
+        self.hypothesis_length.append(statistics.hypothesis_length.float().to(self.device))
+        self.reference_length.append(statistics.reference_length.float().to(self.device))
+        self.exact.append(exact_matches(predictions, references).float().to(self.device))
+        self.chrf.update(predictions, [[r] for r in references])
+
+    def per_sentence(self) -> tuple[torch.Tensor, BleuStatistics, torch.Tensor]:
+        """Pair indices (sorted), their BLEU statistics and their exact matches (0/1)."""
+        if _is_empty(self.index):
+            empty = BleuStatistics.from_texts([], [])
+            return torch.zeros(0, dtype=torch.long), empty, torch.zeros(0)
+        index = dim_zero_cat(self.index)
+        order = torch.argsort(index, stable=True)
+
+        def cat(state):
+            return dim_zero_cat(state)[order].cpu().double()
+
+        statistics = BleuStatistics(
+            cat(self.matches),
+            cat(self.totals),
+            cat(self.hypothesis_length),
+            cat(self.reference_length),
+        )
+        return index[order].cpu(), statistics, cat(self.exact)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        _, statistics, exact = self.per_sentence()
+        return {
+            "bleu": torch.tensor(statistics.corpus_bleu()),
+            "chrf": self.chrf.compute() * 100,
+            "exact_match": exact.mean() if len(exact) else torch.tensor(0.0),
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self.chrf.reset()

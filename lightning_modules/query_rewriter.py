@@ -25,8 +25,6 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.text import CHRFScore, SacreBLEUScore
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -41,10 +39,10 @@ from datamodules.query_rewriting import (
     target_end_token_id,
 )
 from datamodules.rewrite_feedback import RewritePair
-from datamodules.split import normalise_query
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
+from lightning_modules.metrics import RewriteMetrics
 from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.resume import FeedbackModule
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
@@ -55,41 +53,6 @@ ARCHITECTURE = "seq2seq_query_rewriter"
 
 Init = Literal["pretrained", "t5_config", "encoder_decoder"]
 CrossAttentionInit = Literal["self_attention", "random"]
-
-
-class RewriteMetrics(nn.Module):
-    """Corpus SacreBLEU (13a tokenisation, cased), chrF and exact match of a set of rewrites.
-
-    Exact match compares case-, width- and whitespace-normalised text (``normalise_query``).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bleu = SacreBLEUScore(tokenize="13a")
-        self.chrf = CHRFScore(n_word_order=0)  # chrF as sacrebleu's default (not chrF++)
-        self.exact_match = MeanMetric()
-
-    def update(self, predictions: list[str], references: list[str]) -> None:
-        self.bleu.update(predictions, [[r] for r in references])
-        self.chrf.update(predictions, [[r] for r in references])
-        matches = [
-            float(normalise_query(p) == normalise_query(r))
-            for p, r in zip(predictions, references, strict=True)
-        ]
-        self.exact_match.update(torch.tensor(matches, dtype=torch.float64))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        # SacreBLEU and chrF are reported on sacrebleu's 0-100 scale.
-        return {
-            "bleu": self.bleu.compute() * 100,
-            "chrf": self.chrf.compute() * 100,
-            "exact_match": self.exact_match.compute(),
-        }
-
-    def reset(self) -> None:
-        self.bleu.reset()
-        self.chrf.reset()
-        self.exact_match.reset()
 
 
 def copy_self_attention_into_cross_attention(model: EncoderDecoderModel) -> None:
@@ -375,8 +338,8 @@ class QueryRewriter(FeedbackModule):
             self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
         targets = [t or "" for t in batch.targets]
         rewrites = self.rewrite(batch)
-        self.metrics[f"{stage}_model"].update(rewrites, targets)
-        self.metrics[f"{stage}_copy"].update(batch.sources, targets)
+        self.metrics[f"{stage}_model"].update(rewrites, targets, batch.indices)
+        self.metrics[f"{stage}_copy"].update(batch.sources, targets, batch.indices)
         room = self.num_logged_samples - len(self._samples)
         for row in range(min(room, len(batch))):
             self._samples.append(
@@ -409,6 +372,13 @@ class QueryRewriter(FeedbackModule):
             logged[f"{stage}/lift/{name}"] = value - copy[name]
         self.log_dict(logged)
         self._log_samples(stage)
+        self.keep_evaluation(
+            stage,
+            {
+                "model": self.metrics[f"{stage}_model"].per_sentence(),
+                "copy": self.metrics[f"{stage}_copy"].per_sentence(),
+            },
+        )
         self.metrics[f"{stage}_model"].reset()
         self.metrics[f"{stage}_copy"].reset()
 

@@ -225,6 +225,7 @@ class RerankerModule(FeedbackModule):
         headline = f"{stage}/ndcg@10"
         self.log(headline, logged.pop(headline), prog_bar=True)
         self.log_dict(logged)
+        self.keep_evaluation(stage, {"model": model.per_query(), "display": display.per_query()})
         model.reset()
         display.reset()
         self._log_examples(stage)

@@ -52,12 +52,20 @@ class FeedbackModule(L.LightningModule):
     torch_compile: bool = False
     gradient_checkpointing: bool = False
 
+    def keep_evaluation(self, stage: str, results: dict[str, Any]) -> None:
+        """What the last validation/test pass measured, per query and per system (the model
+        and the baseline the app already has), kept for the promotion gate's paired bootstrap
+        after the epoch's metrics are logged and reset: ``self.evaluations[stage]``."""
+        if not hasattr(self, "evaluations"):
+            self.evaluations: dict[str, dict[str, Any]] = {}
+        self.evaluations[stage] = results
+
     def training_record(self, datamodule: L.LightningDataModule | None) -> dict[str, Any]:
         """What an export says about how it was made (``feedback_finetuning.json`` and the
         model card): the recipe, the loss, the data (files and a hash of their contents) and,
         when exported from a fit, the validation metric beside its baseline."""
-        from lightning_modules.compare import baseline_name
         from lightning_modules.loggers import _training_data_files, data_content_hash
+        from lightning_modules.metrics import baseline_name
 
         recipe = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         record: dict[str, Any] = {

@@ -73,7 +73,7 @@ os.chdir(ROOT)
 sys.path.insert(0, str(ROOT))
 
 import main  # noqa: E402
-from lightning_modules.compare import read_run  # noqa: E402
+from deployment.compare import read_run  # noqa: E402
 
 logging.getLogger("lightning").setLevel(logging.WARNING)
 output_dir = Path(OUTPUT_DIR)

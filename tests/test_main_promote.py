@@ -116,3 +116,45 @@ def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, rewrit
     accepted = promote(config, trained, deployment, tmp_path / "r2")
     assert accepted["promoted"] is True, accepted["reason"]
     assert snapshot(deployment) == snapshot(trained)
+
+
+def test_the_gate_measures_what_validate_measures_with_the_configs_precision(
+    tmp_path, tiny_backbone, feedback_file, monkeypatch
+):
+    """The gate runs Lightning's validation loop: its figures are `validate`'s own, under the
+    precision the command line gives."""
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
+    cli = main.main(["fit", "--config", str(config), "--trainer.max_epochs", "2"])
+    trained = Path(cli.trainer.log_dir) / "export"
+    precisions = []
+    validate = main.FeedbackTrainer.validate
+
+    def recording_validate(self, *args, **kwargs):
+        precisions.append(self.precision)
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(main.FeedbackTrainer, "validate", recording_validate)
+    extra = ("--trainer.precision", "bf16-mixed")
+    report = promote(config, trained, tmp_path / "deploy", tmp_path / "r", *extra)
+    assert precisions == ["bf16-mixed", "bf16-mixed"]  # the config's model, then the candidate
+    monkeypatch.setattr(main.FeedbackTrainer, "validate", validate)
+
+    # `validate` of the same export, same precision: the gate's candidate NDCG@10 and MRR@10.
+    validated = main.main(
+        [
+            "validate",
+            "--config",
+            str(config),
+            "--model.init_args.init_from",
+            str(trained),
+            "--trainer.logger=false",
+            *extra,
+        ]
+    )
+    logged = validated.trainer.callback_metrics
+    for comparison in report["comparisons"]:
+        metric = comparison["metric"]
+        assert comparison["candidate"] == pytest.approx(float(logged[f"val/{metric}"]), abs=1e-6)
+    assert report["baseline"]["ndcg@10"] == pytest.approx(
+        float(logged["val/display/ndcg@10"]), abs=1e-6
+    )

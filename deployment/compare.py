@@ -11,7 +11,6 @@ shown, minus paths that always differ (logger folders).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lightning_modules.metrics import baseline_name
 
 DEFAULT_MONITORS = ("val/ndcg@10", "val/bleu")
 # Keys that differ between any two runs without saying anything about the experiment.
@@ -123,12 +124,6 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     return out
 
 
-def baseline_name(monitor: str) -> str | None:
-    """``val/ndcg@10`` -> ``val/display/ndcg@10``; ``val/bleu`` -> ``val/copy/bleu``."""
-    stage, _, metric = monitor.partition("/")
-    return {"bleu": f"{stage}/copy/{metric}"}.get(metric, f"{stage}/display/{metric}")
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -156,7 +151,9 @@ def table(runs: Sequence[Run]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python main.py compare", description=__doc__)
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python main.py compare", description=__doc__)
     parser.add_argument("roots", nargs="*", default=["logs"], help="log folders (default: logs)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)

@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from lightning_modules.promote import (
-    BleuStatistics,
-    Deployment,
-    MetricComparison,
-    SystemResult,
-    compare_systems,
-    decide,
-    paired_bootstrap,
-)
+from deployment.bootstrap import MetricComparison, SystemResult, compare_systems, paired_bootstrap
+from deployment.gate import decide
+from deployment.versions import Deployment
+from lightning_modules.metrics import BleuStatistics
 
 HYPOTHESES = [
     "when did Frank Zappa disband the Mothers of Invention?",

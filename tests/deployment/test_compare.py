@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import main
-from lightning_modules.compare import baseline_name, find_runs, flatten, table
+from deployment.compare import find_runs, flatten, table
+from lightning_modules.metrics import baseline_name
 
 
 def write_run(folder: Path, loss: str, rows: list[dict], *, mode: str = "max", seed: int = 1):
