@@ -12,7 +12,8 @@ Invention disband?") given the conversation so far.
    (``--validation-fraction``, by question hash), never on dev.
 2. **Test**: the exported model rewrites every question of CANARD dev (``canard/dev.json``,
    3,430 questions) through :class:`ExportedQueryRewriter` (the same path the app uses) and
-   corpus BLEU (sacrebleu, default: 13a tokenisation, cased) is computed against the official
+   corpus SacreBLEU (13a tokenisation, cased; :mod:`lightning_modules.metrics`, tested equal to
+   sacrebleu's) is computed against the official
    rewrites, next to the **copy baseline** (the question unchanged: 34.76 BLEU) on the same file.
 
 CANARD dev's ``History`` is ``[title, section, q1, a1, q2, a2, ...]``; training pairs carry
@@ -44,7 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-import sacrebleu  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_TRAIN = SHARED / "canard_train" / "canard_pairs.jsonl"
@@ -82,16 +82,17 @@ def dev_history(row: dict[str, Any], mode: str) -> list[str]:
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    from datamodules.split import normalise_query
+    """Corpus BLEU, chrF (0-100) and exact match (0-1) through the evaluation core validation
+    and the gate use (tested equal to sacrebleu's)."""
+    from lightning_modules.metrics import RewriteMetrics
 
-    exact = sum(
-        normalise_query(h) == normalise_query(r)
-        for h, r in zip(hypotheses, references, strict=True)
-    )
+    metrics = RewriteMetrics()
+    metrics.update(hypotheses, references)
+    values = {name: float(value) for name, value in metrics.compute().items()}
     return {
-        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
-        "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
-        "exact_match": round(exact / max(1, len(references)), 4),
+        "bleu": round(values["bleu"], 2),
+        "chrf": round(values["chrf"], 2),
+        "exact_match": round(values["exact_match"], 4),
     }
 
 

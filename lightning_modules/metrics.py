@@ -7,8 +7,9 @@ values (torchmetrics' retrieval functions underneath, as ``trec_eval`` computes 
 averages them, and keeps them per query for the gate's paired bootstrap.
 
 Rewriting: per-sentence SacreBLEU sufficient statistics (13a tokenisation, cased, read from
-torchmetrics' public metric state), so that the corpus BLEU of any resample is a sum and a
-formula (Papineni et al., ACL 2002); :class:`RewriteMetrics` reports BLEU, chrF and exact match.
+torchmetrics' public metric state), so that the corpus BLEU of any resample is a sum and
+sacrebleu's formula (Papineni et al., ACL 2002; Post, WMT 2018); :class:`RewriteMetrics`
+reports BLEU, chrF and exact match.
 """
 
 from __future__ import annotations
@@ -167,13 +168,24 @@ class RankingMetrics(Metric):
 def corpus_bleu_from_statistics(
     matches: torch.Tensor, totals: torch.Tensor, hypothesis_length: float, reference_length: float
 ) -> float:
-    """SacreBLEU's corpus BLEU (0-100; 4-grams, uniform weights, no smoothing) from summed
-    n-gram ``matches[4]`` and ``totals[4]`` and the summed lengths."""
-    if hypothesis_length == 0 or float(matches.min()) == 0:
+    """Corpus BLEU (0-100; 4-grams, uniform weights) from summed n-gram ``matches[4]`` and
+    ``totals[4]`` and the summed lengths, as ``sacrebleu.corpus_bleu`` computes it by default:
+    an order with no match counts as ``1 / (2^k x total)`` for its k-th such order ("exp"
+    smoothing, NIST mteval-v13a), and the brevity penalty is ``exp(1 - ref / hyp)``."""
+    log_precisions = []
+    doubling = 1.0
+    for correct, total in zip(matches.tolist(), totals.tolist(), strict=True):
+        if total == 0:  # no n-grams of this order at all: BLEU is 0
+            return 0.0
+        if correct == 0:
+            doubling *= 2
+            log_precisions.append(math.log(1.0 / (doubling * total)))
+        else:
+            log_precisions.append(math.log(correct / total))
+    if hypothesis_length == 0:
         return 0.0
-    log_precision = float((torch.log(matches.double()) - torch.log(totals.double())).mean())
     brevity = min(0.0, 1.0 - reference_length / hypothesis_length)
-    return 100.0 * math.exp(log_precision + brevity)
+    return 100.0 * math.exp(sum(log_precisions) / len(log_precisions) + brevity)
 
 
 @dataclass

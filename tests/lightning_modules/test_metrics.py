@@ -84,3 +84,26 @@ def test_rank_scores_break_ties_by_position_and_ignore_padding():
     ranks = rank_scores(scores, mask)
     assert ranks[0, :4].tolist() == [3.0, 5.0, 4.0, 2.0]  # width - rank; tie: earlier first
     assert ranks[0, 4] < ranks[0, :4].min()
+
+
+@pytest.mark.parametrize(
+    ("hypotheses", "references"),
+    [
+        (["the cat sat"], ["the cat sat on the mat"]),  # no 4-gram at all in the hypothesis
+        (["a b c d e", "x y"], ["a b x d e", "x z"]),  # orders without a match: smoothed
+        (["Paris is big", "when did it end"], ["paris is big", "When did the war end?"]),
+        ([""], ["something"]),
+    ],
+)
+def test_bleu_from_statistics_is_sacrebleus_corpus_bleu(hypotheses, references):
+    import sacrebleu
+
+    from lightning_modules.metrics import BleuStatistics, RewriteMetrics
+
+    expected = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    assert BleuStatistics.from_texts(hypotheses, references).corpus_bleu() == pytest.approx(
+        expected, abs=1e-6
+    )
+    metrics = RewriteMetrics()
+    metrics.update(hypotheses, references)
+    assert float(metrics.compute()["bleu"]) == pytest.approx(expected, abs=1e-4)
