@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.base import FeedbackDataModule
 from datamodules.distributed import evaluation_sampler
-from datamodules.feedback import OnInvalid, ParseReport, clip_text, record_time
-from datamodules.resumable import LengthGroupedSampler, ResumableTrainingData, ShuffleSampler
+from datamodules.feedback import OnInvalid, clip_text, record_time
+from datamodules.resumable import LengthGroupedSampler, ShuffleSampler
 from datamodules.rewrite_feedback import RewritePair, load_rewrite_inputs, load_rewriting_data
 from datamodules.split import SplitMode, drop_held_out, split_train_validation
 
@@ -211,7 +212,7 @@ class RewriteCollator:
         )
 
 
-class QueryRewritingDataModule(ResumableTrainingData):
+class QueryRewritingDataModule(FeedbackDataModule):
     """Question → rewrite pairs from app feedback and/or pairs files.
 
     Args:
@@ -252,6 +253,9 @@ class QueryRewritingDataModule(ResumableTrainingData):
             set ``datamodule.input_encoder``) before ``setup``.
     """
 
+    items_name = "pairs"
+    nothing_to_learn = "No training pair"
+
     def __init__(
         self,
         train_files: list[str] | None = None,
@@ -278,20 +282,26 @@ class QueryRewritingDataModule(ResumableTrainingData):
         num_workers: int = 0,
         input_encoder: PreTrainedTokenizerBase | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            train_files=train_files,
+            val_files=val_files,
+            test_files=test_files,
+            predict_files=predict_files,
+            validation_fraction=validation_fraction,
+            split=split,
+            deduplicate=deduplicate,
+            split_salt=split_salt,
+            on_invalid=on_invalid,
+            max_text_chars=max_text_chars,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            input_encoder=input_encoder,
+        )
         # (the tokenizer belongs to the model's checkpoint, not to the data's hyperparameters)
         self.save_hyperparameters(ignore=["input_encoder"])
-        self.train_files = train_files or []
-        self.val_files = val_files or []
-        self.test_files = test_files or []
-        self.predict_files = predict_files or []
-        self.validation_fraction = validation_fraction
-        self.split = split
-        self.deduplicate = deduplicate
         self.max_val_pairs = max_val_pairs
-        self.split_salt = split_salt
         self.keep_unchanged = keep_unchanged
-        self.on_invalid = on_invalid
         self.input_format = RewriteInputFormat(
             task_prefix=task_prefix,
             history_separator=history_separator,
@@ -300,17 +310,8 @@ class QueryRewritingDataModule(ResumableTrainingData):
             max_source_tokens=max_source_tokens,
         )
         self.max_target_tokens = max_target_tokens
-        self.max_text_chars = max_text_chars
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length = group_by_length
-        self.num_workers = num_workers
-        self.input_encoder = input_encoder
-        self.train_pairs: list[RewritePair] = []
-        self.val_pairs: list[RewritePair] = []
-        self.test_pairs: list[RewritePair] = []
-        self.predict_pairs: list[RewritePair] = []
-        self.reports: dict[str, ParseReport] = {}
+        # (train_pairs, val_pairs, test_pairs, predict_pairs: the base sets them)
 
     def input_format_metadata(self) -> dict[str, Any]:
         """Saved with an export: how the app must build the model's input."""
@@ -318,7 +319,10 @@ class QueryRewritingDataModule(ResumableTrainingData):
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _load(self, name: str, files: list[str]) -> list[RewritePair]:
+    def load(self, name: str, files: list[str]) -> list[RewritePair]:
+        if name == "predict":  # questions to rewrite: targets optional
+            pairs, self.reports[name] = load_rewrite_inputs(files, on_invalid=self.on_invalid)
+            return pairs
         pairs, report = load_rewriting_data(
             files,
             keep_unchanged=self.keep_unchanged,
@@ -329,32 +333,8 @@ class QueryRewritingDataModule(ResumableTrainingData):
         self.reports[name] = report
         return pairs
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.input_encoder is None:
-            raise RuntimeError(
-                "QueryRewritingDataModule needs an input_encoder (the model's tokenizer: "
-                "`model.input_encoder()`): main.py links it; elsewhere pass it to the data "
-                "module or set `datamodule.input_encoder` before setup."
-            )
-        if stage in (None, "fit", "validate") and not (self.train_pairs or self.val_pairs):
-            self._setup_fit()
-        if stage in (None, "test") and not self.test_pairs:
-            if not self.test_files:
-                raise ValueError("`test` needs data.test_files")
-            self.test_pairs = self._load("test", self.test_files)
-        if stage in (None, "predict") and not self.predict_pairs:
-            if not self.predict_files:
-                raise ValueError("`predict` needs data.predict_files")
-            self.predict_pairs, self.reports["predict"] = load_rewrite_inputs(
-                self.predict_files, on_invalid=self.on_invalid
-            )
-
-    def _setup_fit(self) -> None:
-        if not self.train_files and not self.val_files:
-            raise ValueError("fit/validate need data.train_files (and optionally data.val_files)")
-        pairs = self._load("train", self.train_files) if self.train_files else []
+    def split_fit(self, pairs: list[RewritePair]) -> None:
         if self.val_files:
-            self.val_pairs = self._load("validation", self.val_files)
             self.train_pairs = drop_held_out(
                 pairs, (p.source for p in self.val_pairs), lambda p: p.source
             )
@@ -401,7 +381,8 @@ class QueryRewritingDataModule(ResumableTrainingData):
             self.input_encoder, self.input_format, self.max_target_tokens, self.max_text_chars
         )
 
-    def _loader(self, pairs: list[RewritePair], *, train: bool) -> DataLoader:
+    def loader(self, pairs: list[RewritePair], stage: str) -> DataLoader:
+        train = stage == "train"
         dataset = RewritePairDataset(pairs)
         batch_size = self.batch_size if train else self.eval_batch_size
         common = {
@@ -420,20 +401,3 @@ class QueryRewritingDataModule(ResumableTrainingData):
             sampler = ShuffleSampler(len(pairs))
         batch_size = common.pop("batch_size")
         return self.resumable_loader(dataset, sampler, batch_size, **common)
-
-    def train_dataloader(self) -> DataLoader:
-        if not self.train_pairs:
-            raise ValueError(
-                "No training pair: nothing to learn from "
-                f"({self.reports.get('train', ParseReport()).summary()})"
-            )
-        return self._loader(self.train_pairs, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_pairs, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_pairs, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_pairs, train=False)

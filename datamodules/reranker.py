@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import FeedbackDataModule
 from datamodules.distributed import evaluation_sampler
 from datamodules.encoding import InputEncoder
 from datamodules.feedback import (
@@ -27,7 +28,7 @@ from datamodules.feedback import (
     render_document,
 )
 from datamodules.feedback_table import FactSpec, FeedbackTable, index_feedback
-from datamodules.resumable import ResumableTrainingData, ShuffleSampler, mix_seed
+from datamodules.resumable import ShuffleSampler, mix_seed
 from datamodules.split import (
     SplitMode,
     hash_validation_mask,
@@ -231,7 +232,7 @@ class ListwiseCollator:
         )
 
 
-class RerankerDataModule(ResumableTrainingData):
+class RerankerDataModule(FeedbackDataModule):
     """Reads reranker feedback and serves listwise batches.
 
     Args:
@@ -275,6 +276,9 @@ class RerankerDataModule(ResumableTrainingData):
             elsewhere pass it (or set ``datamodule.input_encoder``) before ``setup``.
     """
 
+    items_name = "records"
+    nothing_to_learn = "No training list has both a picked and an unpicked source"
+
     def __init__(
         self,
         train_files: list[str] | None = None,
@@ -298,39 +302,36 @@ class RerankerDataModule(ResumableTrainingData):
         train_on_uniform_lists: bool = False,
         input_encoder: InputEncoder | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            train_files=train_files,
+            val_files=val_files,
+            test_files=test_files,
+            predict_files=predict_files,
+            validation_fraction=validation_fraction,
+            split=split,
+            deduplicate=deduplicate,
+            split_salt=split_salt,
+            on_invalid=on_invalid,
+            max_text_chars=max_text_chars,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            input_encoder=input_encoder,
+        )
         # (the encoder holds the model's tokenizer: it belongs to the model's checkpoint)
         self.save_hyperparameters(ignore=["input_encoder"])
-        self.train_files = train_files or []
-        self.val_files = val_files or []
-        self.test_files = test_files or []
-        self.predict_files = predict_files or []
-        self.validation_fraction = validation_fraction
-        self.split = split
-        self.deduplicate = deduplicate
-        self.split_salt = split_salt
         self.label_mode = label_mode
-        self.on_invalid = on_invalid
         self.document_template = document_template
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.max_docs_per_query = max_docs_per_query
         self.max_docs_per_query_eval = max_docs_per_query_eval
-        self.max_text_chars = max_text_chars
-        self.num_workers = num_workers
         self.index_workers = index_workers
         self.train_on_uniform_lists = train_on_uniform_lists
-        self.input_encoder = input_encoder
-        # Validated records, held as where they lie in the files (see FeedbackTable).
-        self.train_records: Sequence[RerankerRecord] = []
-        self.val_records: Sequence[RerankerRecord] = []
-        self.test_records: Sequence[RerankerRecord] = []
-        self.predict_records: Sequence[RerankerRecord] = []
-        self.reports: dict[str, ParseReport] = {}
+        # Validated records (train_records, val_records, ...), held as where they lie in the
+        # files (see FeedbackTable).
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _load(self, name: str, files: list[str]) -> FeedbackTable[RerankerRecord]:
+    def load(self, name: str, files: list[str]) -> FeedbackTable[RerankerRecord]:
         records, report = index_reranker_feedback(
             files,
             label_mode=self.label_mode,
@@ -343,33 +344,10 @@ class RerankerDataModule(ResumableTrainingData):
         self.reports[name] = report
         return records
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.input_encoder is None:
-            raise RuntimeError(
-                "RerankerDataModule needs an input_encoder (the model's: "
-                "`model.input_encoder()`): main.py links it; elsewhere pass it to the data "
-                "module or set `datamodule.input_encoder` before setup."
-            )
-        if stage in (None, "fit", "validate") and not (self.train_records or self.val_records):
-            self._setup_fit()
-        if stage in (None, "test") and not self.test_records:
-            if not self.test_files:
-                raise ValueError("`test` needs data.test_files")
-            self.test_records = self._load("test", self.test_files)
-        if stage in (None, "predict") and not self.predict_records:
-            if not self.predict_files:
-                raise ValueError("`predict` needs data.predict_files")
-            self.predict_records = self._load("predict", self.predict_files)
-
-    def _setup_fit(self) -> None:
-        if not self.train_files and not self.val_files:
-            raise ValueError("fit/validate need data.train_files (and optionally data.val_files)")
-        if self.train_files:
-            records = self._load("train", self.train_files)
-        else:
+    def split_fit(self, records) -> None:
+        if not self.train_files:
             records = FeedbackTable.from_records([], FactSpec(FACT_TYPES, reranker_facts))
         if self.val_files:
-            self.val_records = self._load("validation", self.val_files)
             held_out = np.isin(records.facts["query_key"], self.val_records.facts["query_key"])
             train = records.select(~held_out)
             if held_out.any():
@@ -397,9 +375,10 @@ class RerankerDataModule(ResumableTrainingData):
 
     # -- loaders ---------------------------------------------------------------------------
 
-    def _loader(self, records, *, train: bool, whole_lists: bool = False) -> DataLoader:
+    def loader(self, records, stage: str) -> DataLoader:
+        train = stage == "train"
         cap = self.max_docs_per_query if train else self.max_docs_per_query_eval
-        if whole_lists:
+        if stage == "predict":  # prediction ranks whole lists
             cap = None
         elif cap is not None and not train:  # (training samples within its cap: see the dataset)
             if isinstance(records, FeedbackTable):  # (without re-reading every record)
@@ -430,20 +409,3 @@ class RerankerDataModule(ResumableTrainingData):
             )
         sampler = ShuffleSampler(len(dataset), with_epoch=True)
         return self.resumable_loader(dataset, sampler, self.batch_size, **common)
-
-    def train_dataloader(self) -> DataLoader:
-        if not self.train_records:
-            raise ValueError(
-                "No training list has both a picked and an unpicked source: nothing to learn "
-                f"from ({self.reports.get('train', ParseReport()).summary()})"
-            )
-        return self._loader(self.train_records, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_records, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_records, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_records, train=False, whole_lists=True)
