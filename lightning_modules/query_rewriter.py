@@ -43,7 +43,6 @@ from lightning_modules.backbones import resolve_model_path
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.metrics import RewriteMetrics
-from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.resume import FeedbackModule
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
@@ -189,7 +188,7 @@ class QueryRewriter(FeedbackModule):
         num_return_sequences: rewrites per question written by ``predict``.
         restore_surface: respell uncased output from the question and history (see
             :mod:`lightning_modules.surface`); ``None``: only for tokenizers that lowercase.
-        num_logged_samples: validation rewrites sent to the logger each epoch.
+        num_logged_examples: validation rewrites sent to the logger each epoch.
         dropout: ``true``/``false`` switches the network's dropout on/off for training. ``null``
             leaves it as transformers builds it: off for loaded checkpoints (``pretrained``,
             ``encoder_decoder``: ``from_pretrained`` returns eval mode, and Lightning keeps a
@@ -201,6 +200,8 @@ class QueryRewriter(FeedbackModule):
         torch_compile: ``torch.compile`` the network (opt-in).
         gradient_checkpointing: trade compute for activation memory (large models).
     """
+
+    architecture = ARCHITECTURE
 
     def __init__(
         self,
@@ -221,7 +222,7 @@ class QueryRewriter(FeedbackModule):
         no_repeat_ngram_size: int = 0,
         num_return_sequences: int = 3,
         restore_surface: bool | None = None,
-        num_logged_samples: int = 8,
+        num_logged_examples: int = 8,
         dropout: bool | None = None,
         trust_remote_code: bool = False,
         init_from: str | None = None,
@@ -254,11 +255,8 @@ class QueryRewriter(FeedbackModule):
                 trust_remote_code,
                 cross_attention_init,
             )
-        # A BERT encoder's [CLS] pooler feeds nothing in a seq2seq model: frozen, it is neither
-        # trained nor (under DDP) a parameter without a gradient, which DDP refuses.
-        pooler = getattr(getattr(self.model, "encoder", None), "pooler", None)
-        if isinstance(pooler, nn.Module):
-            pooler.requires_grad_(False)
+        # A BERT encoder's [CLS] pooler feeds nothing in a seq2seq model.
+        self.freeze_unused_pooler(getattr(self.model, "encoder", None))
         if dropout is not None:
             self.model.train(dropout)
         generation = self.model.generation_config
@@ -274,7 +272,7 @@ class QueryRewriter(FeedbackModule):
         self.warmup_ratio = warmup_ratio
         self.label_smoothing = label_smoothing
         self.num_return_sequences = num_return_sequences
-        self.num_logged_samples = num_logged_samples
+        self.num_logged_examples = num_logged_examples
         if restore_surface is None:
             restore_surface = needs_surface_restoration(self.tokenizer)
         self.restorer = SurfaceRestorer(self.tokenizer) if restore_surface else None
@@ -333,14 +331,14 @@ class QueryRewriter(FeedbackModule):
 
     # -- evaluation ------------------------------------------------------------------------
 
-    def _eval_step(self, batch: RewriteBatch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch: RewriteBatch, stage: str) -> None:
         if batch.labels is not None:
             self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
         targets = [t or "" for t in batch.targets]
         rewrites = self.rewrite(batch)
         self.metrics[f"{stage}_model"].update(rewrites, targets, batch.indices)
         self.metrics[f"{stage}_copy"].update(batch.sources, targets, batch.indices)
-        room = self.num_logged_samples - len(self._samples)
+        room = self.num_logged_examples - len(self._samples)
         for row in range(min(room, len(batch))):
             self._samples.append(
                 {
@@ -351,7 +349,7 @@ class QueryRewriter(FeedbackModule):
                 }
             )
 
-    def _eval_epoch_end(self, stage: str) -> None:
+    def evaluation_epoch_end(self, stage: str) -> None:
         model = self.metrics[f"{stage}_model"].compute()
         copy = self.metrics[f"{stage}_copy"].compute()
         if model["bleu"] < copy["bleu"] and not (self._trainer and self._trainer.sanity_checking):
@@ -398,18 +396,6 @@ class QueryRewriter(FeedbackModule):
         rows = [[sample[c] for c in columns] for sample in samples]
         log_examples(self, f"{stage}/samples", columns, rows)
 
-    def validation_step(self, batch: RewriteBatch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: RewriteBatch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     def predict_step(self, batch: RewriteBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Up to ``num_return_sequences`` distinct, non-empty rewrites per question, best first.
 
@@ -422,11 +408,6 @@ class QueryRewriter(FeedbackModule):
         ]
 
     # -- optimisation ----------------------------------------------------------------------
-
-    def configure_optimizers(self):
-        return adamw_with_linear_warmup(
-            self, self.learning_rate, self.weight_decay, self.warmup_ratio
-        )
 
     # -- export ----------------------------------------------------------------------------
 
@@ -445,7 +426,7 @@ class QueryRewriter(FeedbackModule):
         input_format = getattr(datamodule, "input_format", None)
         lineage = self.init_metadata or {}
         return {
-            "architecture": ARCHITECTURE,
+            "architecture": self.architecture,
             "init": lineage.get("init", self.init),
             "base_model": lineage.get("base_model", self.model_name_or_path),
             "init_from": self.init_from,

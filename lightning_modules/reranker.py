@@ -37,7 +37,6 @@ from lightning_modules.losses import (
     listwise_distillation,
 )
 from lightning_modules.metrics import RankingMetrics
-from lightning_modules.optim import adamw_with_linear_warmup
 from lightning_modules.resume import FeedbackModule
 
 log = logging.getLogger(__name__)
@@ -196,7 +195,7 @@ class RerankerModule(FeedbackModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.labels.shape[0])
         return loss
 
-    def _eval_step(self, batch: RerankBatch, stage: str) -> None:
+    def evaluation_step(self, batch: RerankBatch, stage: str) -> None:
         scores = self.score_batch(batch)
         size = batch.labels.shape[0]
         self.log(f"{stage}/loss", self.loss(scores, batch.labels, batch.mask), batch_size=size)
@@ -213,7 +212,7 @@ class RerankerModule(FeedbackModule):
                 row_scores = cpu_scores[row, : len(positions)].tolist()
                 self._examples.append((int(batch.record_index[row]), positions, row_scores))
 
-    def _eval_epoch_end(self, stage: str) -> None:
+    def evaluation_epoch_end(self, stage: str) -> None:
         model = getattr(self, f"{stage}_metrics")
         display = getattr(self, f"{stage}_display_metrics")
         model_values, display_values = model.compute(), display.compute()
@@ -250,18 +249,6 @@ class RerankerModule(FeedbackModule):
                 rows.append([*row, source.title, source.url])
         log_examples(self, f"{stage}/examples", columns, rows)
 
-    def validation_step(self, batch: RerankBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: RerankBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     def predict_step(self, batch: RerankBatch, batch_idx: int) -> list[dict[str, Any]]:
         """For each query: its record index and the display positions, best first, with scores."""
         scores = self.score_batch(batch).float().cpu()
@@ -276,11 +263,6 @@ class RerankerModule(FeedbackModule):
                 }
             )
         return out
-
-    def configure_optimizers(self):
-        return adamw_with_linear_warmup(
-            self, self.learning_rate, self.weight_decay, self.warmup_ratio
-        )
 
     # -- export ----------------------------------------------------------------------------
 
@@ -448,11 +430,7 @@ class BiEncoderReranker(RerankerModule):
         self.anchor_weight = anchor_weight
         self.anchor_temperature = temperature
         self.model = self._from_pretrained(AutoModel)
-        # Mean pooling never reads BERT's [CLS] pooler: frozen, it is neither trained nor (under
-        # DDP) a parameter without a gradient, which DDP refuses.
-        pooler = getattr(self.model, "pooler", None)
-        if isinstance(pooler, torch.nn.Module):
-            pooler.requires_grad_(False)
+        self.freeze_unused_pooler(self.model)  # mean pooling never reads it
         log_temperature = torch.tensor(math.log(temperature))
         self.log_temperature = torch.nn.Parameter(log_temperature, requires_grad=learn_temperature)
         # Kept in a list so that it is neither trained, nor saved in checkpoints, nor switched

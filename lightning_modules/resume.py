@@ -46,11 +46,49 @@ def restore_rng_states(checkpoint: dict[str, Any]) -> None:
 
 
 class FeedbackModule(L.LightningModule):
-    """Base of the reranker and rewriter modules. Subclasses set ``self.model`` (the network),
-    ``self.torch_compile`` and ``self.gradient_checkpointing``."""
+    """Base of the reranker and rewriter modules: what a task shares (optimiser, the
+    validation/test dispatch, the evaluation kept for the gate, the training record of an
+    export, the speed levers, RNG states in checkpoints). A task sets ``self.model`` (the
+    network), ``architecture``, ``learning_rate``/``weight_decay``/``warmup_ratio``,
+    ``torch_compile`` and ``gradient_checkpointing``, and says how a batch is evaluated
+    (``evaluation_step``) and how an evaluation ends (``evaluation_epoch_end``)."""
 
+    architecture: str = ""
     torch_compile: bool = False
     gradient_checkpointing: bool = False
+
+    @staticmethod
+    def freeze_unused_pooler(encoder: torch.nn.Module | None) -> None:
+        """BERT's [CLS] pooler feeds neither mean pooling nor a seq2seq decoder: frozen, it is
+        neither trained nor (under DDP) a parameter without a gradient, which DDP refuses."""
+        pooler = getattr(encoder, "pooler", None)
+        if isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
+
+    def evaluation_step(self, batch: Any, stage: str) -> None:
+        raise NotImplementedError
+
+    def evaluation_epoch_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.evaluation_epoch_end("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluation_epoch_end("test")
+
+    def configure_optimizers(self):
+        from lightning_modules.optim import adamw_with_linear_warmup
+
+        return adamw_with_linear_warmup(
+            self, self.learning_rate, self.weight_decay, self.warmup_ratio
+        )
 
     def keep_evaluation(self, stage: str, results: dict[str, Any]) -> None:
         """What the last validation/test pass measured, per query and per system (the model

@@ -305,7 +305,7 @@ def test_a_rewriter_below_copying_is_flagged(tiny_backbone, caplog):
     module.metrics["val_model"].update(["a b"], ["the capital of france is paris"])
     module.metrics["val_copy"].update(["the capital of france"], ["the capital of france is paris"])
     with caplog.at_level("WARNING"):
-        module._eval_epoch_end("val")
+        module.evaluation_epoch_end("val")
     assert "below the copy baseline" in caplog.text
 
 
