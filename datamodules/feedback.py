@@ -496,7 +496,7 @@ def load_feedback(
 # ---------------------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
@@ -509,7 +509,7 @@ def require_str(
     value = raw[key]
     if not isinstance(value, str):
         raise FeedbackError(
-            f"expected a string, got {_type_name(value)}", file=file, record=index, field=name
+            f"expected a string, got {type_name(value)}", file=file, record=index, field=name
         )
     if non_empty and not value.strip():
         raise FeedbackError("empty", file=file, record=index, field=name)
@@ -525,7 +525,7 @@ def parse_timestamp(value: Any, *, file: str, index: int, field: str = "timestam
         )
     if not isinstance(value, str):
         raise FeedbackError(
-            f"expected an ISO 8601 string, got {_type_name(value)}",
+            f"expected an ISO 8601 string, got {type_name(value)}",
             file=file,
             record=index,
             field=field,
@@ -555,7 +555,7 @@ def optional_str(raw: dict, key: str, *, file: str, index: int, where: str = "")
         return None
     if not isinstance(value, str):
         raise FeedbackError(
-            f"expected a string, got {_type_name(value)}",
+            f"expected a string, got {type_name(value)}",
             file=file,
             record=index,
             field=f"{where}{key}",
@@ -574,7 +574,7 @@ def require_list(
     value = raw[key]
     if not isinstance(value, list):
         raise FeedbackError(
-            f"expected a list, got {_type_name(value)}", file=file, record=index, field=name
+            f"expected a list, got {type_name(value)}", file=file, record=index, field=name
         )
     return value
 
@@ -583,7 +583,7 @@ def require_object(raw: Any, *, file: str, index: int, field: str | None = None)
     """``raw`` itself must be a JSON object (the record, or one of its fields)."""
     if not isinstance(raw, dict):
         raise FeedbackError(
-            f"expected an object, got {_type_name(raw)}", file=file, record=index, field=field
+            f"expected an object, got {type_name(raw)}", file=file, record=index, field=field
         )
     return raw
 
@@ -636,7 +636,7 @@ def _url_list(raw: dict, key: str, positions: dict[str, list[int]], *, file: str
         name = f"{key}[{i}]"
         if not isinstance(url, str):
             raise FeedbackError(
-                f"expected a url string, got {_type_name(url)}", file=file, record=index, field=name
+                f"expected a url string, got {type_name(url)}", file=file, record=index, field=name
             )
         if url not in positions:
             raise FeedbackError(
@@ -708,7 +708,7 @@ def parse_reranker_record(
     if relevance is not None:
         if not isinstance(relevance, dict):
             raise FeedbackError(
-                f"expected an object {{url: grade}}, got {_type_name(relevance)}",
+                f"expected an object {{url: grade}}, got {type_name(relevance)}",
                 file=file,
                 record=index,
                 field="relevance",
@@ -737,7 +737,7 @@ def parse_reranker_record(
     query_id = record.get("query_id")
     if query_id is not None and not isinstance(query_id, (str, int)):
         raise FeedbackError(
-            f"expected a string or integer, got {_type_name(query_id)}",
+            f"expected a string or integer, got {type_name(query_id)}",
             file=file,
             record=index,
             field="query_id",

@@ -9,7 +9,7 @@ starts where the checkpoint left it. So:
 * :class:`ResumableTrainingData` (a data module base) records in every checkpoint how many
   batches of the current epoch were trained, and on resume makes the sampler skip them; its
   training loader has its own random generator, so that it never draws on the global one, whose
-  state the modules save with their checkpoints (:mod:`lightning_modules.resume`).
+  state the modules save with their checkpoints (:mod:`lightning_modules.base`).
 
 Random choices inside the dataset (the reranker's negative sampling) take their seed from the
 ``(index, epoch)`` items such a sampler yields, never from a global generator.
@@ -135,7 +135,7 @@ class ResumableTrainingData(L.LightningDataModule):
         self, dataset: Any, sampler: ResumableSampler, batch_size: int, **kwargs: Any
     ) -> DataLoader:
         """The training loader. Its own generator keeps it from drawing on the global one, whose
-        state the modules save with their checkpoints (:mod:`lightning_modules.resume`)."""
+        state the modules save with their checkpoints (:mod:`lightning_modules.base`)."""
         self._train_sampler, self._train_batch_size = sampler, batch_size
         self._apply_resume()
         generator = torch.Generator().manual_seed(sampler.seed)

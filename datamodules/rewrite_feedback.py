@@ -53,13 +53,13 @@ from datamodules.feedback import (
     OnInvalid,
     ParseReport,
     RecordFiltered,
-    _type_name,
     load_feedback,
     optional_str,
     parse_timestamp,
     require_list,
     require_object,
     require_str,
+    type_name,
 )
 from datamodules.split import normalise_query
 
@@ -140,7 +140,7 @@ def _parse_url(item: Any, *, file: str, index: int, name: str) -> str:
     if isinstance(item, dict):
         return require_str(item, "url", file=file, index=index, where=f"{name}.")
     raise FeedbackError(
-        f"expected a url string or a source object with a 'url', got {_type_name(item)}",
+        f"expected a url string or a source object with a 'url', got {type_name(item)}",
         file=file,
         record=index,
         field=name,
@@ -259,7 +259,7 @@ def parse_rewrite_pair(
         name = f"history[{i}]"
         if not isinstance(turn, str):
             raise FeedbackError(
-                f"expected a string, got {_type_name(turn)}", file=file, record=index, field=name
+                f"expected a string, got {type_name(turn)}", file=file, record=index, field=name
             )
         if not turn.strip():
             raise FeedbackError("empty", file=file, record=index, field=name)

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from lightning_modules.resume import has_grad_scaler
+from lightning_modules.base import has_grad_scaler
 
 
 def decays(param: torch.Tensor) -> bool:

@@ -40,10 +40,10 @@ from datamodules.query_rewriting import (
 )
 from datamodules.rewrite_feedback import RewritePair
 from lightning_modules.backbones import resolve_model_path
+from lightning_modules.base import FeedbackModule
 from lightning_modules.export import EXPORT_METADATA_FILE, export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.metrics import RewriteMetrics
-from lightning_modules.resume import FeedbackModule
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from transformers import (
 from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
+from lightning_modules.base import FeedbackModule
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.losses import (
@@ -37,7 +38,6 @@ from lightning_modules.losses import (
     listwise_distillation,
 )
 from lightning_modules.metrics import RankingMetrics
-from lightning_modules.resume import FeedbackModule
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_modules.base import FeedbackModule
 from lightning_modules.optim import adamw_with_linear_warmup, use_fused
-from lightning_modules.resume import FeedbackModule
 
 
 class TinyRegression(FeedbackModule):

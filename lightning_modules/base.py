@@ -1,7 +1,7 @@
-"""What both models share around checkpoints: the global random generator states travel with
-them, so that a run resumed mid-epoch draws the same dropout masks as the run it continues (see
-:mod:`datamodules.resumable` for the data order), and the opt-in speed levers are applied when
-Lightning builds the model."""
+"""The base both task modules share (:class:`FeedbackModule`), and what they share around
+checkpoints: the global random generator states travel with them, so that a run resumed
+mid-epoch draws the same dropout masks as the run it continues (see :mod:`datamodules.resumable`
+for the data order), and the opt-in speed levers are applied when Lightning builds the model."""
 
 from __future__ import annotations
 
