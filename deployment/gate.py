@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -282,6 +282,38 @@ def run_gate(
         return report
     folder = Path(report_dir) if report_dir else Path("logs") / "promote" / f"{now:%Y%m%dT%H%M%S}"
     report.write(folder)
+    log_model_artifact(trainer.loggers, candidate, report)
     print(report.to_markdown())
     print(f"Report: {folder / 'promotion_report.md'}")
     return report
+
+
+def log_model_artifact(loggers: Sequence[Any], candidate: Path, report: GateReport) -> None:
+    """With W&B on, the candidate the gate judged becomes a version of the task's model
+    artifact, aliased ``candidate``, and also ``production`` (W&B moves the alias to it) when it
+    was promoted, with the gate's figures as metadata: the dashboard shows which run the
+    deployed model came from and what it measured."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        name = "reranker" if report.task == "reranker" else "query-rewriter"
+        artifact = wandb.Artifact(
+            f"{name}-model",
+            type="model",
+            description=report.reason,
+            metadata={
+                "promoted": report.promoted,
+                "version": report.version,
+                "deployment": report.deployment,
+                "held_out": report.held_out,
+                "comparisons": [asdict(c) for c in report.comparisons],
+                "baseline": report.baseline,
+            },
+        )
+        artifact.add_dir(str(candidate))
+        aliases = ["candidate", *(["production"] if report.promoted else [])]
+        logger.experiment.log_artifact(artifact, aliases=aliases)

@@ -144,3 +144,39 @@ def test_a_hand_made_deployment_folder_is_kept_as_a_version(tmp_path):
     assert (deployment.versions / kept / "model.safetensors").read_text() == "hand made"
     assert deployment.rollback() == kept
     assert (path / "model.safetensors").read_text() == "hand made"
+
+
+@pytest.mark.parametrize("promoted", [True, False])
+def test_the_judged_candidate_is_a_wandb_model_artifact_aliased_by_the_decision(tmp_path, promoted):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from deployment.gate import GateReport, log_model_artifact
+
+    logged = []
+
+    class Run:
+        def log_artifact(self, artifact, aliases):
+            logged.append((artifact, aliases))
+
+    class RecordingWandb(WandbLogger):
+        @property
+        def experiment(self):
+            return Run()
+
+    candidate = tmp_path / "export"
+    candidate.mkdir()
+    (candidate / "model.safetensors").write_bytes(b"weights")
+    comparison = MetricComparison("ndcg@10", 0.60, 0.62, 0.02, 0.0, 0.04, 0.03)
+    report = GateReport(
+        "reranker", "ndcg@10", 0.0, None, 10, 100, "deployed", str(candidate), "deploy/r",
+        "display order", {"ndcg@10": 0.5}, [comparison], promoted, "why",
+        "v1" if promoted else None, "val split", "2026-12-01T00:00:00",
+    )  # fmt: skip
+    loggers = [CSVLogger(tmp_path), RecordingWandb(save_dir=str(tmp_path), mode="disabled")]
+    log_model_artifact(loggers, candidate, report)
+    ((artifact, aliases),) = logged  # the W&B logger only
+    assert artifact.type == "model" and artifact.name == "reranker-model"
+    assert aliases == (["candidate", "production"] if promoted else ["candidate"])
+    assert artifact.metadata["promoted"] is promoted
+    assert artifact.metadata["comparisons"][0]["candidate"] == 0.62
+    assert "model.safetensors" in artifact.manifest.entries
