@@ -79,7 +79,8 @@ def peak_gib(who: int = resource.RUSAGE_SELF) -> float:
 def load_in_memory(data, log: Path) -> None:
     """The baseline: every record parsed and held as Python objects (``load_reranker_feedback``,
     the path the data module took before :class:`~datamodules.feedback_table.FeedbackTable`)."""
-    from datamodules.feedback import load_reranker_feedback, record_time
+    from datamodules.feedback import record_time
+    from datamodules.reranker_records import load_reranker_feedback
     from datamodules.split import split_train_validation
 
     records, _ = load_reranker_feedback([str(log)], deduplicate=True)
@@ -93,9 +94,9 @@ def measure(log: Path, epochs: int, batch_size: int, path: str = "table") -> dic
     """Runs in the child process; ``path`` is ``table`` (the data module) or ``in-memory``."""
     from transformers import AutoTokenizer
 
-    from datamodules.encoding import BiEncoderInputs
     from datamodules.reranker import RerankerDataModule
     from lightning_modules.backbones import embedded_minilm_path
+    from lightning_modules.encoding import BiEncoderInputs
 
     figures: dict = {"path": path, "records": sum(1 for _ in open(log, "rb"))}
     figures["cores"] = os.cpu_count()

@@ -39,12 +39,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the project's packag
     sys.path.insert(0, str(REPO_ROOT))
 
 import main  # noqa: E402
-from datamodules.feedback import (  # noqa: E402
-    ParseReport,
-    discover_feedback_files,
-    iter_raw_records,
-    parse_timestamp,
-)
+from datamodules.feedback import ParseReport, parse_timestamp  # noqa: E402
+from datamodules.feedback_files import discover_feedback_files, iter_raw_records  # noqa: E402
 
 DEFAULT_FEEDBACK = [str(REPO_ROOT / "training_data" / "trec_session2013_feedback.json")]
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "reranker.yaml")

@@ -1,7 +1,7 @@
 """Feedback logs too large to hold: validated records kept as where they lie.
 
 :func:`index_feedback` reads and validates every record once, with the same parser and rules as
-:func:`datamodules.feedback.load_feedback`, but keeps for each record only its location (file,
+:func:`datamodules.feedback_files.load_feedback`, but keeps for each record only its location (file,
 byte offset and length of its JSON Lines line, a CRC-32 of those bytes) and a few numbers the
 data module needs to split and filter without re-reading it (its *facts*): some 60 bytes a
 record where the parsed Python objects take ~10 KB. :class:`FeedbackTable` parses a record again
@@ -25,12 +25,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from datamodules.feedback import (
+from datamodules.feedback import FeedbackError, OnInvalid, ParseReport
+from datamodules.feedback_files import (
     WHOLE_FILE,
     ByteRange,
-    FeedbackError,
-    OnInvalid,
-    ParseReport,
     check_on_invalid,
     discover_feedback_files,
     iter_validated_file,
@@ -298,7 +296,7 @@ def index_feedback(
     dedupe_key: Callable[[RecordT], Hashable] | None = None,
     workers: int | None = None,
 ) -> tuple[FeedbackTable[RecordT], ParseReport]:
-    """:func:`~datamodules.feedback.load_feedback` for large logs: the same validation, report
+    """:func:`~datamodules.feedback_files.load_feedback` for large logs: the same validation, report
     and de-duplication, returned as a :class:`FeedbackTable`.
 
     JSON Lines files of :data:`PARALLEL_MIN_BYTES` or more are split into byte ranges that

@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import FeedbackDataModule
 from datamodules.distributed import evaluation_sampler
-from datamodules.encoding import InputEncoder
 from datamodules.feedback import (
     FeedbackError,
     LabelMode,
@@ -23,11 +23,11 @@ from datamodules.feedback import (
     ParseReport,
     RerankerRecord,
     clip_text,
-    parse_reranker_record,
     parse_timestamp,
     render_document,
 )
 from datamodules.feedback_table import FactSpec, FeedbackTable, index_feedback
+from datamodules.reranker_records import parse_reranker_record
 from datamodules.resumable import ShuffleSampler, mix_seed
 from datamodules.split import (
     SplitMode,
@@ -38,6 +38,14 @@ from datamodules.split import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class InputEncoder(Protocol):
+    """What the collator needs from the model: its lists (queries and their documents' texts)
+    as model inputs. The rerankers' encoders are in :mod:`lightning_modules.encoding`."""
+
+    def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]: ...
+
 
 DEFAULT_DOCUMENT_TEMPLATE = "{title}\n{snippet}"
 
@@ -82,7 +90,7 @@ def index_reranker_feedback(
     split_salt: str = "",
     workers: int | None = None,
 ) -> tuple[FeedbackTable[RerankerRecord], ParseReport]:
-    """:func:`~datamodules.feedback.load_reranker_feedback` as a :class:`FeedbackTable`: what
+    """:func:`~datamodules.reranker_records.load_reranker_feedback` as a :class:`FeedbackTable`: what
     the data module holds, so that a log of millions of records fits in memory."""
     return index_feedback(
         paths,

@@ -53,7 +53,6 @@ from datamodules.feedback import (
     OnInvalid,
     ParseReport,
     RecordFiltered,
-    load_feedback,
     optional_str,
     parse_timestamp,
     require_list,
@@ -61,6 +60,7 @@ from datamodules.feedback import (
     require_str,
     type_name,
 )
+from datamodules.feedback_files import load_feedback
 from datamodules.split import normalise_query
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from datamodules.feedback import discover_feedback_files
+from datamodules.feedback_files import discover_feedback_files
 
 WandbMode = Literal["online", "offline", "disabled", "shared"]
 WANDB_HOST = "api.wandb.ai"

@@ -9,7 +9,6 @@ scored and how the model is written out.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -25,10 +24,16 @@ from transformers import (
     AutoTokenizer,
 )
 
-from datamodules.encoding import BiEncoderInputs, ChunkedInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
+from lightning_modules.encoding import (
+    BiEncoderInputs,
+    ChunkedInputs,
+    CrossEncoderInputs,
+    EmbeddingCache,
+    unchunk,
+)
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.losses import (
@@ -542,50 +547,3 @@ class BiEncoderReranker(RerankerModule):
             max_seq_length=self.max_length,
             normalize=self.similarity == "cosine",
         )
-
-
-class EmbeddingCache:
-    """Embeddings of a frozen encoder by the token ids of each text, up to ``capacity`` texts.
-
-    ``embed(features, encode)`` returns ``encode``'s embeddings of the rows of a padded batch,
-    encoding only the rows it has not seen (trimmed to their own longest, in one pass). A row's
-    embedding then no longer depends on which other rows shared its pass: equal to what a
-    fresh pass gives up to float rounding (~1e-7), and served from memory on later epochs.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 0:
-            raise ValueError(f"anchor_cache_size must be >= 0, got {capacity}")
-        self.capacity = capacity
-        self.rows: dict[bytes, torch.Tensor] = {}
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _keys(features: dict[str, torch.Tensor]) -> list[bytes]:
-        ids = features["input_ids"].cpu().numpy()
-        mask = features["attention_mask"].cpu().numpy().astype(bool)
-        return [
-            hashlib.blake2b(row[keep].tobytes(), digest_size=16).digest()
-            for row, keep in zip(ids, mask, strict=True)
-        ]
-
-    def embed(self, features: dict[str, torch.Tensor], encode) -> torch.Tensor:
-        if self.capacity == 0:
-            return encode(features)
-        keys = self._keys(features)
-        missing = [i for i, key in enumerate(keys) if key not in self.rows]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        fresh: dict[int, torch.Tensor] = {}
-        if missing:
-            index = torch.tensor(missing, device=features["input_ids"].device)
-            # (the last column any of them uses: right padding is trimmed, left padding kept)
-            used = features["attention_mask"][index].any(0).nonzero()
-            width = int(used.max()) + 1 if len(used) else features["input_ids"].shape[1]
-            subset = {k: v[index][:, :width] for k, v in features.items()}
-            for i, row in zip(missing, encode(subset), strict=True):
-                fresh[i] = row
-                if len(self.rows) < self.capacity:
-                    self.rows[keys[i]] = row
-        return torch.stack([fresh[i] if i in fresh else self.rows[k] for i, k in enumerate(keys)])

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 import main
-from datamodules.feedback import load_reranker_feedback, render_document
+from datamodules.feedback import render_document
+from datamodules.reranker_records import load_reranker_feedback
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE, MODEL_CARD_FILE
 from lightning_modules.loggers import data_content_hash

@@ -4,7 +4,7 @@ Each converter module has a reader ``read_<name>(path)`` that returns the data s
 and a pure function ``convert_<name>(rows)`` that turns them into records of one of three kinds.
 
 Reranker feedback (``{"reranker_data": [...]}``), accepted by
-:func:`datamodules.feedback.parse_reranker_record`::
+:func:`datamodules.reranker_records.parse_reranker_record`::
 
     {"query": str,
      "query_id": str,

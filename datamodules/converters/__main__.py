@@ -19,7 +19,7 @@ Usage::
 
 An existing output is never replaced unless ``--overwrite`` is given. Every converted record is
 checked before anything is written (reranker records with
-:func:`datamodules.feedback.parse_reranker_record`, query-rewriting records with
+:func:`datamodules.reranker_records.parse_reranker_record`, query-rewriting records with
 :func:`datamodules.rewrite_feedback.parse_rewriting_record` and the stricter
 :func:`.trec_session_rewriting.check_rewriting_record`, pairs with :func:`.canard.check_pair`
 and :func:`datamodules.rewrite_feedback.parse_rewrite_pair`), and the file is written atomically
@@ -52,7 +52,7 @@ from datamodules.converters.trec_session_rewriting import (
     rewriting_counts,
 )
 from datamodules.converters.wikiqa import TRAINABLE_SPLITS, convert_wikiqa, read_wikiqa
-from datamodules.feedback import parse_reranker_record
+from datamodules.reranker_records import parse_reranker_record
 from datamodules.rewrite_feedback import parse_rewrite_pair, parse_rewriting_record
 
 Converter = Callable[[argparse.Namespace, ConversionReport], list[dict[str, Any]]]

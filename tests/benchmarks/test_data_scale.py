@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.data_scale import run, write_log
-from datamodules.feedback import load_reranker_feedback
+from datamodules.reranker_records import load_reranker_feedback
 
 # end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
 pytestmark = pytest.mark.slow

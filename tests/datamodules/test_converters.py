@@ -18,7 +18,7 @@ from datamodules.converters.__main__ import main
 from datamodules.converters.msmarco import convert_msmarco
 from datamodules.converters.trec_session import clean_text, convert_trec_session
 from datamodules.converters.wikiqa import convert_wikiqa
-from datamodules.feedback import load_reranker_feedback, parse_reranker_record
+from datamodules.reranker_records import load_reranker_feedback, parse_reranker_record
 
 MSMARCO_ROWS = [
     {

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.feedback import (
-    FeedbackError,
-    Source,
-    discover_feedback_files,
-    load_reranker_feedback,
-    parse_reranker_record,
-    render_document,
-)
+from datamodules.feedback import FeedbackError, Source, render_document
+from datamodules.feedback_files import discover_feedback_files
+from datamodules.reranker_records import load_reranker_feedback, parse_reranker_record
 
 
 def write_json(path: Path, records: list) -> Path:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from datamodules.feedback import FeedbackError, load_reranker_feedback, record_time
+from datamodules.feedback import FeedbackError, record_time
 from datamodules.reranker import index_reranker_feedback
+from datamodules.reranker_records import load_reranker_feedback
 from datamodules.split import query_bucket, split_by_time, time_validation_mask
 from tests.conftest import make_record
 

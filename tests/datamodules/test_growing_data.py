@@ -8,12 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from datamodules.encoding import BiEncoderInputs
-from datamodules.feedback import FeedbackError, load_reranker_feedback, parse_timestamp
+from datamodules.feedback import FeedbackError, parse_timestamp
 from datamodules.query_rewriting import QueryRewritingDataModule
 from datamodules.reranker import RerankerDataModule
+from datamodules.reranker_records import load_reranker_feedback
 from datamodules.rewrite_feedback import load_rewriting_data
 from datamodules.split import split_by_time
+from lightning_modules.encoding import BiEncoderInputs
 
 UTC = timezone.utc
 

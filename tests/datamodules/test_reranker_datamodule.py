@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from datamodules.encoding import BiEncoderInputs, CrossEncoderInputs, unchunk
 from datamodules.reranker import RerankerDataModule
 from datamodules.split import normalise_query
+from lightning_modules.encoding import BiEncoderInputs, CrossEncoderInputs, unchunk
 
 
 def make_datamodule(files, tokenizer, *, cross=True, **kwargs) -> RerankerDataModule:
@@ -147,8 +147,8 @@ def test_unjudged_sources_are_evaluated_but_never_trained_on(tmp_path, tokenizer
 
 
 def test_sampled_training_lists_keep_their_contrast_when_picks_crowd_the_cap(make_record):
-    from datamodules.feedback import parse_reranker_record
     from datamodules.reranker import RerankListDataset
+    from datamodules.reranker_records import parse_reranker_record
 
     many_picks = parse_reranker_record(make_record(0, n_sources=40, picks=range(30)), "f.json", 0)
     few_negatives = parse_reranker_record(make_record(1, n_sources=20, picks=range(17)), "f", 1)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datamodules.feedback import parse_reranker_record
 from datamodules.reranker import RerankListDataset
+from datamodules.reranker_records import parse_reranker_record
 from datamodules.resumable import ResumableTrainingData, ShuffleSampler
 from tests.conftest import make_record
 

@@ -1,10 +1,10 @@
-"""Turning (query, documents) lists into model inputs.
+"""Turning (query, documents) lists into model inputs: the rerankers' input encoders.
 
 The model owns its tokenizer and decides how a list is encoded (a cross-encoder reads each
-(query, document) pair jointly, a bi-encoder reads queries and documents separately); the data
-module calls the encoder the model hands it, inside the collate function, so tokenisation runs in
-the loader workers. Only real documents are encoded: padding slots of a ``[B, L]`` list exist in
-the label/mask tensors, never as model inputs.
+(query, document) pair jointly, a bi-encoder reads queries and documents separately); it hands
+its encoder to the data module (``model.input_encoder()``, linked by the CLI), whose collate
+function calls it, so tokenisation runs in the loader workers. Only real documents are encoded:
+padding slots of a ``[B, L]`` list exist in the label/mask tensors, never as model inputs.
 
 Sequences are padded per *chunk*: the texts of a batch are sorted by token length and cut into
 chunks of ``chunk_size``, each padded to its own longest member, so one long snippet does not
@@ -13,17 +13,14 @@ make the whole batch pay for its length. ``order`` says where each encoded row b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 ChunkedInputs = dict[str, Any]  # {"chunks": [dict[str, Tensor]], "order": LongTensor}
-
-
-class InputEncoder(Protocol):
-    def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]: ...
 
 
 def truncate_queries(
@@ -113,3 +110,50 @@ class BiEncoderInputs:
             "documents": pad_in_chunks(self.tokenizer, document_inputs, self.chunk_size),
             "documents_per_query": torch.tensor([len(docs) for docs in documents]),
         }
+
+
+class EmbeddingCache:
+    """Embeddings of a frozen encoder by the token ids of each text, up to ``capacity`` texts.
+
+    ``embed(features, encode)`` returns ``encode``'s embeddings of the rows of a padded batch,
+    encoding only the rows it has not seen (trimmed to their own longest, in one pass). A row's
+    embedding then no longer depends on which other rows shared its pass: equal to what a
+    fresh pass gives up to float rounding (~1e-7), and served from memory on later epochs.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"anchor_cache_size must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _keys(features: dict[str, torch.Tensor]) -> list[bytes]:
+        ids = features["input_ids"].cpu().numpy()
+        mask = features["attention_mask"].cpu().numpy().astype(bool)
+        return [
+            hashlib.blake2b(row[keep].tobytes(), digest_size=16).digest()
+            for row, keep in zip(ids, mask, strict=True)
+        ]
+
+    def embed(self, features: dict[str, torch.Tensor], encode) -> torch.Tensor:
+        if self.capacity == 0:
+            return encode(features)
+        keys = self._keys(features)
+        missing = [i for i, key in enumerate(keys) if key not in self.rows]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            index = torch.tensor(missing, device=features["input_ids"].device)
+            # (the last column any of them uses: right padding is trimmed, left padding kept)
+            used = features["attention_mask"][index].any(0).nonzero()
+            width = int(used.max()) + 1 if len(used) else features["input_ids"].shape[1]
+            subset = {k: v[index][:, :width] for k, v in features.items()}
+            for i, row in zip(missing, encode(subset), strict=True):
+                fresh[i] = row
+                if len(self.rows) < self.capacity:
+                    self.rows[keys[i]] = row
+        return torch.stack([fresh[i] if i in fresh else self.rows[k] for i, k in enumerate(keys)])
