@@ -135,7 +135,7 @@ def train(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def evaluate(export: Path, dev: list[dict[str, Any]], modes: Sequence[str], batch_size: int):
-    from lightning_modules.query_rewriter import ExportedQueryRewriter
+    from lightning_modules.rewriter_inference import ExportedQueryRewriter
 
     rewriter = ExportedQueryRewriter(export)
     questions = [row["Question"] for row in dev]

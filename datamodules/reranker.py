@@ -90,8 +90,9 @@ def index_reranker_feedback(
     split_salt: str = "",
     workers: int | None = None,
 ) -> tuple[FeedbackTable[RerankerRecord], ParseReport]:
-    """:func:`~datamodules.reranker_records.load_reranker_feedback` as a :class:`FeedbackTable`: what
-    the data module holds, so that a log of millions of records fits in memory."""
+    """:func:`~datamodules.reranker_records.load_reranker_feedback` as a
+    :class:`FeedbackTable`: what the data module holds, so that a log of millions of records
+    fits in memory."""
     return index_feedback(
         paths,
         top_key="reranker_data",

@@ -68,7 +68,7 @@ def _export_metadata(folder: str | Path | None) -> dict[str, Any]:
 def _inputs_as_exported(datamodule: L.LightningDataModule, module, export) -> Iterator[None]:
     """The data module builds ``module``'s inputs as its export says the app must (document
     template / input format) with its tokenizer; put back afterwards."""
-    from datamodules.query_rewriting import RewriteInputFormat
+    from datamodules.rewrite_inputs import RewriteInputFormat
 
     metadata = _export_metadata(export)
     saved = {

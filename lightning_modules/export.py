@@ -40,7 +40,7 @@ from sentence_transformers import CrossEncoder  # or the plain library
 model = CrossEncoder("{folder}")
 ```""",
     "seq2seq_query_rewriter": """```python
-from lightning_modules.query_rewriter import ExportedQueryRewriter  # the app's loader
+from lightning_modules.rewriter_inference import ExportedQueryRewriter  # the app's loader
 
 rewriter = ExportedQueryRewriter("{folder}")  # input format and respelling included
 rewriter.rewrite(["when did they disband?"], [["Frank Zappa"]], n=3)

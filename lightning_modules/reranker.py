@@ -534,6 +534,16 @@ class BiEncoderReranker(RerankerModule):
         self.log("train/temperature", self.log_temperature.exp().detach(), batch_size=size)
         return loss
 
+    def loss_name(self) -> str:
+        parts = [f"{type(self.loss).__name__} over each query's shown sources"]
+        if self.in_batch_negatives:
+            parts.append("the batch's other sources as negatives")
+        if self._anchor:
+            parts.append(
+                f"listwise distillation to the untouched backbone (weight {self.anchor_weight:g})"
+            )
+        return ", ".join(parts)
+
     def export_metadata(self, document_template: str) -> dict[str, Any]:
         return {**super().export_metadata(document_template), "similarity": self.similarity}
 

@@ -12,10 +12,12 @@ import yaml
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import main
-from datamodules.query_rewriting import QueryRewritingDataModule, RewriteInputFormat
+from datamodules.query_rewriting import QueryRewritingDataModule
+from datamodules.rewrite_inputs import RewriteInputFormat
 from lightning_modules.callbacks import load_weights
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter
+from lightning_modules.query_rewriter import QueryRewriter
+from lightning_modules.rewriter_inference import ExportedQueryRewriter
 from tests.conftest import TOPICS, generated_ids, write_rewriter_config
 
 # end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datamodules.feedback import FeedbackError, RecordFiltered
-from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 from datamodules.reranker import RerankerDataModule
 from datamodules.reranker_records import load_reranker_feedback, parse_reranker_record
 from datamodules.rewrite_feedback import RewritePair, _parse_any, load_rewriting_data
+from datamodules.rewrite_inputs import RewriteCollator, RewriteInputFormat
 from lightning_modules.encoding import CrossEncoderInputs
 from tests.conftest import make_record
 

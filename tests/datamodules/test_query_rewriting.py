@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.query_rewriting import (
-    LengthGroupedSampler,
-    QueryRewritingDataModule,
-    RewriteCollator,
-    RewriteInputFormat,
-    target_end_token_id,
-)
+from datamodules.query_rewriting import QueryRewritingDataModule
+from datamodules.resumable import LengthGroupedSampler
 from datamodules.rewrite_feedback import RewritePair
+from datamodules.rewrite_inputs import RewriteCollator, RewriteInputFormat, target_end_token_id
 from datamodules.split import is_validation_query
 
 

@@ -10,10 +10,11 @@ import sacrebleu
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
 
-from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 from datamodules.rewrite_feedback import RewritePair
+from datamodules.rewrite_inputs import RewriteCollator, RewriteInputFormat
 from lightning_modules.export import EXPORT_METADATA_FILE
-from lightning_modules.query_rewriter import ExportedQueryRewriter, QueryRewriter, RewriteMetrics
+from lightning_modules.query_rewriter import QueryRewriter, RewriteMetrics
+from lightning_modules.rewriter_inference import ExportedQueryRewriter
 from tests.conftest import TINY_T5, generated_ids
 
 HYPOTHESES = [
@@ -316,3 +317,22 @@ def test_nothing_usable_generated_falls_back_to_the_question(tiny_backbone):
     module.model.generation_config.max_new_tokens = 1
     batch = batch_of(module, PAIRS)
     assert module.rewrite(batch) == [p.source for p in PAIRS]
+
+
+def test_the_apps_rewriter_loader_needs_no_lightning():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; import lightning_modules.rewriter_inference; "
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

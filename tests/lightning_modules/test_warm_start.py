@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from datamodules.query_rewriting import RewriteCollator, RewriteInputFormat
 from datamodules.reranker import ListwiseCollator, RerankList
 from datamodules.rewrite_feedback import RewritePair
+from datamodules.rewrite_inputs import RewriteCollator, RewriteInputFormat
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter
 from lightning_modules.reranker import BiEncoderReranker, CrossEncoderReranker
