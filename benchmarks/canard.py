@@ -121,8 +121,13 @@ def train(args: argparse.Namespace, workdir: Path) -> Path:
         "--trainer.max_epochs", str(args.epochs),
         "--trainer.max_time", budget,
         "--trainer.val_check_interval", str(args.val_check_interval),
-        "--trainer.logger.init_args.save_dir", str(args.log_dir),
-        "--trainer.logger.init_args.name", "canard",
+        # (the whole list: `--trainer.logger.init_args.*` would only reach its last logger)
+        "--trainer.logger", json.dumps([
+            {"class_path": "lightning.pytorch.loggers.CSVLogger",
+             "init_args": {"save_dir": str(args.log_dir), "name": "canard"}},
+            {"class_path": "lightning_modules.loggers.FeedbackWandbLogger",
+             "init_args": {"save_dir": str(args.log_dir), "name": "canard"}},
+        ]),
     ]  # fmt: skip
     fit_args += args.fit_arg
     started = time.time()
