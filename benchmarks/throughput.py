@@ -32,6 +32,8 @@ which ``CrossEncoderTrainer`` requires). A CPU run takes several minutes::
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import platform
@@ -68,7 +70,13 @@ REWRITER_CONFIGS = (REPO_ROOT / "configs" / "query_rewriting_offline.yaml",)
 
 
 def job_config(task: str) -> dict[str, Any]:
-    """The job as ``main.py`` resolves it (pieces and overlays applied)."""
+    """The job as ``main.py`` resolves it (pieces and overlays applied); resolved once per
+    task (a whole CLI parse each time otherwise), a fresh copy for every caller."""
+    return copy.deepcopy(_resolved_job(task))
+
+
+@functools.cache
+def _resolved_job(task: str) -> dict[str, Any]:
     import main
 
     return main.resolved_config(*(CONFIGS if task == "reranker" else REWRITER_CONFIGS))

@@ -102,7 +102,7 @@ class FeedbackModule(L.LightningModule):
         """What an export says about how it was made (``feedback_finetuning.json`` and the
         model card): the recipe, the loss, the data (files and a hash of their contents) and,
         when exported from a fit, the validation metric beside its baseline."""
-        from lightning_modules.loggers import _training_data_files, data_content_hash
+        from lightning_modules.loggers import data_content_hash, training_data_files
         from lightning_modules.metrics import baseline_name
 
         recipe = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
@@ -115,7 +115,7 @@ class FeedbackModule(L.LightningModule):
             for key in ("train_files", "val_files")
         }
         if any(files.values()):
-            found = _training_data_files({"init_args": files})
+            found = training_data_files({"init_args": files})
             record["data"] = {**files, "content_hash": data_content_hash(found)}
         trainer = self._trainer
         checkpoint = getattr(trainer, "checkpoint_callback", None) if trainer else None

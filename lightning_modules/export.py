@@ -18,27 +18,19 @@ EXPORT_METADATA_FILE = "feedback_finetuning.json"
 # The model card every export carries (as sentence-transformers and the Hugging Face hub name it).
 MODEL_CARD_FILE = "README.md"
 
+_RERANKER_LOADING = """```python
+from lightning_modules.inference import ExportedReranker  # the app's loader (this project)
+
+reranker = ExportedReranker.load("{folder}")  # backend="onnx" / "onnx-int8" where written
+ranked = reranker.rank(query, sources)  # sources: the app's dicts; [(index, score)] best first
+
+from sentence_transformers import {library_class}  # or the plain library
+
+model = {library_class}("{folder}")
+```"""
 _LOADING = {
-    "bi-encoder": """```python
-from lightning_modules.inference import ExportedReranker  # the app's loader (this project)
-
-reranker = ExportedReranker.load("{folder}")  # backend="onnx" / "onnx-int8" where written
-ranked = reranker.rank(query, sources)  # sources: the app's dicts; [(index, score)] best first
-
-from sentence_transformers import SentenceTransformer  # or the plain library
-
-model = SentenceTransformer("{folder}")
-```""",
-    "cross-encoder": """```python
-from lightning_modules.inference import ExportedReranker  # the app's loader (this project)
-
-reranker = ExportedReranker.load("{folder}")  # backend="onnx" / "onnx-int8" where written
-ranked = reranker.rank(query, sources)  # sources: the app's dicts; [(index, score)] best first
-
-from sentence_transformers import CrossEncoder  # or the plain library
-
-model = CrossEncoder("{folder}")
-```""",
+    "bi-encoder": _RERANKER_LOADING.replace("{library_class}", "SentenceTransformer"),
+    "cross-encoder": _RERANKER_LOADING.replace("{library_class}", "CrossEncoder"),
     "seq2seq_query_rewriter": """```python
 from lightning_modules.rewriter_inference import ExportedQueryRewriter  # the app's loader
 

@@ -184,7 +184,7 @@ def data_content_hash(paths: Iterable[str | Path]) -> str:
     return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:8]
 
 
-def _training_data_files(data_config: Mapping[str, Any]) -> list[Path]:
+def training_data_files(data_config: Mapping[str, Any]) -> list[Path]:
     """The files a fit learns and validates on (test and predict files are not part of it)."""
     init_args = data_config.get("init_args") or {}
     entries: list[str] = []
@@ -205,7 +205,7 @@ def describe_run(
     model = config.get("model") or {}
     init_args = model.get("init_args") or {}
     model_name = str(init_args.get("model_name_or_path") or "model").rstrip("/")
-    files = _training_data_files(config.get("data") or {})
+    files = training_data_files(config.get("data") or {})
     seed = config.get("seed_everything")
     task = _task_name(model.get("class_path", ""))
     return RunDescription(
