@@ -4,8 +4,9 @@ Both sides get the packaged all-MiniLM-L6-v2 with a fresh one-logit head, the sh
 (``training_data/``), the same max length (256 tokens) and the same effective batch of
 (query, source) pairs:
 
-1. **training**: our ``main.py fit`` of ``configs/reranker_cross_encoder.yaml`` (8 queries a
-   batch, up to 16 judged sources each, as configured) against sentence-transformers'
+1. **training**: our ``main.py fit`` of the cross-encoder job (``configs/reranker.yaml`` with
+   the ``configs/reranker_cross_encoder.yaml`` overlay; 8 queries a batch, up to 16 judged
+   sources each, as configured) against sentence-transformers'
    ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss`` over the pairs of the same training
    lists, its batch size set to the mean number of pairs in our batches;
 2. **inference**: our ``main.py predict`` (whole lists) against ``CrossEncoder.predict`` on the
