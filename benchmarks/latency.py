@@ -90,7 +90,6 @@ VERSIONED = (
     "sentence-transformers",
     "onnxruntime",
     "onnx",
-    "onnxscript",
     "optimum",
     "optimum-onnx",
     "numpy",

@@ -83,6 +83,11 @@ class FeedbackModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.evaluation_epoch_end("test")
 
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups with settings of their own (their parameters leave the default
+        groups): none unless a model has such parameters."""
+        return []
+
     def configure_optimizers(self):
         from lightning_modules.optim import adamw_with_linear_warmup
 

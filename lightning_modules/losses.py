@@ -35,6 +35,7 @@ __all__ = [
     "RankingLoss",
     "SoftmaxCrossEntropyLoss",
     "listwise_distillation",
+    "propensity_weighted_softmax_cross_entropy",
 ]
 
 LAMBDA_WEIGHTINGS: tuple[str, ...] = ("ndcg_loss1", "ndcg_loss2", "lambdarank", "ndcg_loss2pp")
@@ -397,3 +398,37 @@ def listwise_distillation(scores: Tensor, teacher_scores: Tensor, mask: Tensor) 
     zero = scores.new_zeros(())
     per_item = torch.where(mask, log_teacher.exp() * (log_teacher - log_student), zero)
     return _mean_over_lists(per_item.sum(dim=-1), mask.sum(dim=-1) > 1)
+
+
+def propensity_weighted_softmax_cross_entropy(
+    scores: Tensor, labels: Tensor, weights: Tensor, mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """Softmax cross-entropy with each pick weighted by its inverse propensity, self-normalised.
+
+    The inverse-propensity-weighted listwise softmax loss of Ai et al. (2018), "Unbiased
+    Learning to Rank with Unbiased Propensity Estimation" (SIGIR; ULTRA's ``softmax_loss`` with
+    propensity weights), after Joachims et al. (2017), "Unbiased Learning-to-Rank with Biased
+    Feedback" (WSDM): a pick at a rank users examine with probability ``p`` counts ``1 / p``
+    times. Over the lists that have a positive label and contrast,
+
+        loss = sum_l sum_i w_li * y_li * -log_softmax(s_l / T)_i  /  sum_l sum_i w_li * y_li
+
+    The division by the total weight (self-normalised IPS, Swaminathan & Joachims 2015, NeurIPS,
+    "The Self-Normalized Estimator for Counterfactual Learning") keeps the loss on the scale of
+    the unweighted one whatever the propensities; with every weight 1 and one positive a list it
+    equals :class:`SoftmaxCrossEntropyLoss`. ``weights`` is float ``[B, L]`` (``>= 0``; padding
+    ignored). Returns a 0-dim tensor, a zero attached to ``scores`` when no list qualifies.
+    """
+    scores, labels, mask = _sanitize(scores, labels, mask)
+    if weights.shape != scores.shape:
+        raise ValueError(
+            f"weights must have the shape of scores {tuple(scores.shape)}, "
+            f"got {tuple(weights.shape)}"
+        )
+    zero = scores.new_zeros(())
+    weights = torch.where(mask, weights.to(device=scores.device, dtype=scores.dtype), zero)
+    log_pred = _masked_log_softmax(scores / temperature, mask)
+    qualifies = (labels.sum(dim=-1) > 0) & _has_contrast(labels, mask)
+    weighted = torch.where(qualifies[:, None], weights * labels, zero)
+    total = weighted.sum()
+    return -(weighted * log_pred).sum() / torch.where(total > 0, total, torch.ones_like(total))

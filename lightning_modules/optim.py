@@ -38,16 +38,21 @@ def adamw_with_linear_warmup(
     """``configure_optimizers``' return value: warm-up over ``warmup_ratio`` of all steps.
 
     Frozen parameters (``requires_grad=False``) are left out; only matrices decay (:func:`decays`).
+    Parameters in the module's ``extra_parameter_groups()`` (e.g. a position model's terms, with
+    their own learning rate) get those groups instead; the schedule scales every group alike.
     """
+    extra = module.extra_parameter_groups() if hasattr(module, "extra_parameter_groups") else []
+    own = {id(p) for group in extra for p in group["params"]}
     decay, no_decay = [], []
     for param in module.parameters():
-        if param.requires_grad:
+        if param.requires_grad and id(param) not in own:
             (decay if decays(param) else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *extra,
     ]
-    fused = use_fused(decay + no_decay, module.trainer)
+    fused = use_fused(decay + no_decay + [p for g in extra for p in g["params"]], module.trainer)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     warmup = int(math.ceil(warmup_ratio * total))

@@ -43,6 +43,7 @@ from lightning_modules.losses import (
     listwise_distillation,
 )
 from lightning_modules.metrics import RankingMetrics
+from lightning_modules.position_bias import NaivePositions
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ class RerankerModule(FeedbackModule):
         attention_dropout: float | None = 0.0,
         chunk_size: int = 16,
         chunk_checkpointing: bool = False,
+        position_bias: NaivePositions | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss"])
+        self.save_hyperparameters(ignore=["loss", "position_bias"])
         if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
         if chunk_size < 1:
@@ -126,6 +128,8 @@ class RerankerModule(FeedbackModule):
         else:
             self.model_path = resolve_model_path(model_name_or_path)
         self.loss = loss if loss is not None else self.default_loss()
+        self.position_bias = position_bias if position_bias is not None else NaivePositions()
+        self.position_bias.check_loss(self.loss)
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
@@ -196,9 +200,23 @@ class RerankerModule(FeedbackModule):
 
     def training_step(self, batch: RerankBatch, batch_idx: int) -> torch.Tensor:
         scores = self.score_batch(batch)
-        loss = self.loss(scores, batch.labels, batch.mask)
+        positions = self.position_bias
+        scores = positions.training_scores(scores, batch.display_rank, batch.mask)
+        loss = positions.training_loss(
+            self.loss, scores, batch.labels, batch.mask, batch.display_rank
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.labels.shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        examination = self.position_bias.examination()
+        if examination is not None:  # rank 1 is the reference (1.0)
+            self.log_dict(
+                {f"train/examination@{k}": v for k, v in enumerate(examination, 1) if k > 1}
+            )
+
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        return self.position_bias.parameter_groups()
 
     def evaluation_step(self, batch: RerankBatch, stage: str) -> None:
         scores = self.score_batch(batch)
@@ -421,7 +439,7 @@ class BiEncoderReranker(RerankerModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["loss"])
+        self.save_hyperparameters(ignore=["loss", "position_bias"])
         self.similarity = similarity
         deployed_similarity = (self.init_metadata or {}).get("similarity", similarity)
         if deployed_similarity != similarity:
@@ -524,9 +542,11 @@ class BiEncoderReranker(RerankerModule):
             labels = torch.cat([labels, labels.new_zeros(foreign.shape)], dim=1)
             mask = torch.cat([mask, foreign], dim=1)
         size = batch.labels.shape[0]
-        loss = self.loss(scores, labels, mask)
+        positions = self.position_bias
+        biased = positions.training_scores(scores, batch.display_rank, batch.mask)
+        loss = positions.training_loss(self.loss, biased, labels, mask, batch.display_rank)
         self.log("train/ranking_loss", loss, batch_size=size)
-        if self._anchor:
+        if self._anchor:  # (the model's own scores, as inference sees them: no position term)
             anchor = listwise_distillation(scores, self.anchor_scores(batch), mask)
             self.log("train/anchor_loss", anchor, batch_size=size)
             loss = loss + self.anchor_weight * anchor
@@ -536,6 +556,8 @@ class BiEncoderReranker(RerankerModule):
 
     def loss_name(self) -> str:
         parts = [f"{type(self.loss).__name__} over each query's shown sources"]
+        if type(self.position_bias) is not NaivePositions:
+            parts.append(self.position_bias.describe())
         if self.in_batch_negatives:
             parts.append("the batch's other sources as negatives")
         if self._anchor:

@@ -1,0 +1,44 @@
+"""Lists whose true relevance is known: the simulator's input.
+
+Read from app-format ``reranker_data`` files through the project's one parser: a source's true
+grade is its ``relevance`` grade where the record has one, else 1 for a ``positive_sources`` url
+and 0 for the rest. That covers WikiQA (``training_data/wikiqa_feedback.json``: WikiQA's labels),
+the MS MARCO sample (the human ``is_selected`` flags) and any file with graded ``relevance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from datamodules.feedback import RerankerRecord, Source
+from datamodules.reranker_records import load_reranker_feedback
+
+
+@dataclass(frozen=True)
+class LabelledList:
+    query: str
+    query_id: str
+    sources: tuple[Source, ...]
+    grades: tuple[float, ...]  # true grade of each source
+
+    @property
+    def has_relevant(self) -> bool:
+        return any(g > 0 for g in self.grades)
+
+
+def from_record(record: RerankerRecord) -> LabelledList:
+    return LabelledList(record.query, record.query_id, record.sources, record.grades)
+
+
+def load_labelled_lists(
+    paths: str | Path | Sequence[str | Path], *, query_id_prefix: str | None = None
+) -> list[LabelledList]:
+    """The lists of app-format files (files, folders or globs), optionally only those whose
+    ``query_id`` starts with ``query_id_prefix`` (e.g. ``wikiqa-train-``)."""
+    records, _ = load_reranker_feedback(paths, on_invalid="error")
+    lists = [from_record(r) for r in records]
+    if query_id_prefix is not None:
+        lists = [item for item in lists if item.query_id.startswith(query_id_prefix)]
+    return lists

@@ -1,0 +1,136 @@
+"""The user simulator: picks follow the user model exactly where it is deterministic, match its
+examination curve where it is random, and come out as feedback the project's parser reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from datamodules.feedback import Source
+from datamodules.reranker_records import load_reranker_feedback
+from simulation.display import BM25Order, FileOrder, RandomOrder, order_by_scores
+from simulation.labelled import LabelledList, load_labelled_lists
+from simulation.simulator import impression_plan, simulate, with_true_labels, write_feedback
+from simulation.users import PositionBasedUser
+
+
+def make_list(n: int, relevant: set[int], name: str = "q", texts=None) -> LabelledList:
+    sources = tuple(
+        Source(title=f"title {i}", url=f"u{name}{i}", snippet=(texts or {}).get(i, f"text {i}"))
+        for i in range(n)
+    )
+    grades = tuple(1.0 if i in relevant else 0.0 for i in range(n))
+    return LabelledList(query=f"query {name}", query_id=name, sources=sources, grades=grades)
+
+
+NOISELESS = dict(relevant_pick=1.0, irrelevant_pick=0.0)
+
+
+def test_without_position_bias_or_noise_the_picks_are_the_relevant_sources() -> None:
+    lists = [make_list(10, {0, 4, 9}, "a"), make_list(8, {2}, "b"), make_list(6, set(), "c")]
+    user = PositionBasedUser(eta=0.0, max_picks=3, **NOISELESS)
+    for record in simulate(lists, FileOrder(), user, n_impressions=9, seed=3):
+        truth = record["simulation"]["true_relevance"]
+        assert set(record["positive_sources"]) == {u for u, g in truth.items() if g > 0}
+        assert set(record["negative_sources"]) == {u for u, g in truth.items() if g == 0}
+
+
+def test_max_picks_caps_the_picks_top_to_bottom() -> None:
+    user = PositionBasedUser(eta=0.0, max_picks=2, **NOISELESS)
+    (record,) = simulate([make_list(10, {1, 3, 5, 7}, "a")], FileOrder(), user)
+    assert record["positive_sources"] == ["ua1", "ua3"]
+    assert record["simulation"]["picked_ranks"] == [2, 4]
+
+
+def test_pick_rate_by_rank_follows_the_examination_curve() -> None:
+    # Every source relevant and always picked when examined: rank k is picked with (1/k)^eta.
+    eta, n, impressions = 1.0, 6, 4000
+    user = PositionBasedUser(eta=eta, max_picks=n, **NOISELESS)
+    records = simulate([make_list(n, set(range(n)))], FileOrder(), user, n_impressions=impressions)
+    counts = np.zeros(n)
+    for record in records:
+        for rank in record["simulation"]["picked_ranks"]:
+            counts[rank - 1] += 1
+    expected = (1.0 / np.arange(1, n + 1)) ** eta
+    tolerance = 4 * np.sqrt(expected * (1 - expected) / impressions) + 1e-9
+    np.testing.assert_array_less(np.abs(counts / impressions - expected), tolerance)
+
+
+def test_pick_probability_interpolates_noise_by_graded_gain() -> None:
+    user = PositionBasedUser(relevant_pick=0.9, irrelevant_pick=0.1, max_grade=3)
+    gains = (2.0 ** np.array([0, 1, 2, 3]) - 1) / 7
+    np.testing.assert_allclose(user.pick_probability([0, 1, 2, 3]), 0.1 + 0.8 * gains)
+    with pytest.raises(ValueError, match="eta"):
+        PositionBasedUser(eta=-1)
+    with pytest.raises(ValueError, match="relevant_pick"):
+        PositionBasedUser(relevant_pick=1.5)
+
+
+def test_simulation_is_deterministic_and_each_impression_is_its_own() -> None:
+    lists = [make_list(10, {2, 5}, name) for name in "abcde"]
+    user = PositionBasedUser(eta=1.0)
+    first = simulate(lists, FileOrder(), user, n_impressions=12, seed=7)
+    assert first == simulate(lists, FileOrder(), user, n_impressions=12, seed=7)
+    # a longer run starts with the shorter one: an impression does not depend on the others
+    longer = simulate(lists, FileOrder(), user, n_impressions=20, seed=7)
+    assert longer[:12] == first
+    other = simulate(lists, FileOrder(), user, n_impressions=12, seed=8)
+    assert [r["positive_sources"] for r in other] != [r["positive_sources"] for r in first]
+
+
+def test_impression_plan_cycles_through_every_list() -> None:
+    plan = impression_plan(4, 10, seed=0)
+    assert sorted(n for n, _ in plan[:4]) == [0, 1, 2, 3]
+    assert [j for _, j in plan] == [0] * 4 + [1] * 4 + [2] * 2
+    assert plan[4:8] == [(n, 1) for n, _ in plan[:4]]
+    assert impression_plan(4, None, seed=0) == plan[:4]
+
+
+def test_records_are_app_feedback_and_the_oracle_sees_the_true_grades(tmp_path) -> None:
+    lists = [make_list(10, {0, 7}, "a"), make_list(5, {3}, "b")]
+    records = simulate(lists, FileOrder(), PositionBasedUser(eta=2.0), n_impressions=4, shown=4)
+    picks = write_feedback(records, tmp_path / "picks.json")
+    oracle = write_feedback(with_true_labels(records), tmp_path / "oracle.json")
+    parsed, report = load_reranker_feedback(picks)
+    assert report.n_dropped == 0 and len(parsed) == 4
+    assert all(len(r.sources) == 4 for r in parsed)  # only what was shown
+    for record, raw in zip(parsed, records, strict=True):
+        assert [g > 0 for g in record.grades] == [
+            s["url"] in raw["positive_sources"] for s in raw["all_sources"]
+        ]
+    truth, _ = load_reranker_feedback(oracle)
+    for record, raw in zip(truth, records, strict=True):
+        expected = [raw["simulation"]["true_relevance"][s.url] for s in record.sources]
+        assert list(record.grades) == expected
+    with pytest.raises(FileExistsError):
+        write_feedback(records, picks)
+    assert json.loads(picks.read_text())["reranker_data"] == records  # untouched
+
+
+def test_bm25_puts_the_sources_that_match_the_query_first() -> None:
+    texts = {0: "weather in paris", 1: "the capital of france is paris", 2: "cooking pasta"}
+    item = LabelledList(
+        query="capital of france",
+        query_id="x",
+        sources=tuple(Source(title="", url=f"u{i}", snippet=t) for i, t in texts.items()),
+        grades=(0.0, 1.0, 0.0),
+    )
+    assert BM25Order().order([item])[0][0] == 1
+
+
+def test_orders_are_permutations_and_random_is_seeded() -> None:
+    lists = [make_list(7, {1}, "a"), make_list(3, set(), "b")]
+    for policy in (FileOrder(), RandomOrder(seed=1), BM25Order()):
+        for item, order in zip(lists, policy.order(lists), strict=True):
+            assert sorted(order) == list(range(len(item.sources)))
+    assert RandomOrder(seed=1).order(lists) == RandomOrder(seed=1).order(lists)
+    assert RandomOrder(seed=1).order(lists) != RandomOrder(seed=2).order(lists)
+    assert order_by_scores([1.0, 3.0, 3.0, 0.0]) == [1, 2, 0, 3]  # ties keep the file's order
+
+
+def test_labelled_lists_read_the_shipped_wikiqa_labels() -> None:
+    lists = load_labelled_lists("training_data/wikiqa_feedback.json", query_id_prefix="wikiqa-dev-")
+    assert len(lists) == 296
+    assert sum(item.has_relevant for item in lists) == 126  # WikiQA dev: 126 with a positive
