@@ -162,6 +162,92 @@ class RankingMetrics(Metric):
         }
 
 
+def position_metrics_per_query(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    display_rank: torch.Tensor,
+    propensities: torch.Tensor,
+    k: int = 10,
+    overlap_at: int = 3,
+) -> dict[str, torch.Tensor]:
+    """What pick-based metrics cannot tell apart, per list (``[B]`` float64 arrays):
+
+    * ``ips_dcg@k``: the picks' DCG@k under the model's ranking, each pick weighted by the inverse
+      propensity of the rank it was shown at (``propensities[r]``, r 0-based; later ranks share
+      the last). The inverse-propensity-scoring estimate of Joachims et al. (WSDM 2017,
+      "Unbiased Learning-to-Rank with Biased Feedback"): under a position-based user, its
+      expectation is the DCG of the sources users find relevant, whatever order they were shown
+      in; the raw picks' DCG rewards ranking like the display. NaN for a list without picks.
+    * ``top{overlap_at}_overlap``: share of the model's top ``overlap_at`` that the display also
+      showed in its top ``overlap_at``;
+    * ``kendall_tau``: Kendall's tau-a between the model's scores and the display order (1: the
+      display order exactly). NaN for a list of one.
+    """
+    labels, mask = labels.float().cpu(), mask.cpu()
+    width = scores.shape[-1]
+    model_score = rank_scores(scores, mask).cpu()  # width - 0-based rank
+    model_rank = (width - model_score).long()
+    display_rank = display_rank.cpu()
+    propensities = propensities.double().cpu()
+    picked = (labels > 0) & mask
+    weight = 1.0 / propensities[display_rank.clamp(0, len(propensities) - 1)]
+    gain = torch.where(
+        picked & (model_rank < k), weight / torch.log2(model_rank.double() + 2.0), 0.0
+    )
+    ips = torch.where(picked.any(-1), gain.sum(-1), torch.tensor(float("nan"), dtype=torch.float64))
+    n = mask.sum(-1)
+    cut = torch.minimum(n, torch.tensor(overlap_at))
+    in_model_top = (model_rank < cut[:, None]) & mask
+    display_position = (width - rank_scores(-display_rank.double(), mask).cpu()).long()
+    display_top = (display_position < cut[:, None]) & mask
+    overlap = (in_model_top & display_top).sum(-1).double() / cut.clamp(min=1).double()
+    pairs = mask[:, :, None] & mask[:, None, :]
+    upper = torch.ones_like(pairs[0]).triu(1)[None] & pairs
+    model_sign = torch.sign(model_score[:, :, None] - model_score[:, None, :])
+    display_sign = torch.sign(display_rank[:, None, :] - display_rank[:, :, None]).double()
+    agreement = torch.where(upper, model_sign.double() * display_sign, 0.0).sum((1, 2))
+    n_pairs = upper.sum((1, 2)).double()
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    tau = torch.where(n_pairs > 0, agreement / n_pairs.clamp(min=1), nan)
+    return {
+        f"ips_dcg@{k}": ips,
+        f"top{overlap_at}_overlap": torch.where(n > 0, overlap, nan),
+        "kendall_tau": tau,
+    }
+
+
+class PositionMetrics(Metric):
+    """Per-query :func:`position_metrics_per_query` over an evaluation, gathered like
+    :class:`RankingMetrics`; ``compute()`` averages each over the lists where it is defined."""
+
+    full_state_update = False
+
+    def __init__(self, propensities: Sequence[float]) -> None:
+        super().__init__()
+        self.propensities = torch.tensor(list(propensities), dtype=torch.float64)
+        self.names = ["ips_dcg@10", "top3_overlap", "kendall_tau"]
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores, labels, mask, display_rank) -> None:
+        per_query = position_metrics_per_query(
+            scores, labels, mask, display_rank, self.propensities
+        )
+        values = torch.stack([per_query[name] for name in self.names], dim=1)
+        self.values.append(values.float().to(self.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if _is_empty(self.values):
+            return {name: torch.tensor(0.0) for name in self.names}
+        values = dim_zero_cat(self.values)
+        out = {}
+        for i, name in enumerate(self.names):
+            column = values[:, i]
+            column = column[~torch.isnan(column)]
+            out[name] = column.mean() if len(column) else torch.tensor(0.0)
+        return out
+
+
 # -- rewriting -----------------------------------------------------------------------------------
 
 

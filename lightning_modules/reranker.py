@@ -42,7 +42,7 @@ from lightning_modules.losses import (
     SoftmaxCrossEntropyLoss,
     listwise_distillation,
 )
-from lightning_modules.metrics import RankingMetrics
+from lightning_modules.metrics import PositionMetrics, RankingMetrics
 from lightning_modules.position_bias import NaivePositions
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class RerankerModule(FeedbackModule):
         chunk_size: int = 16,
         chunk_checkpointing: bool = False,
         position_bias: NaivePositions | None = None,
+        eval_propensity_eta: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "position_bias"])
@@ -146,6 +147,12 @@ class RerankerModule(FeedbackModule):
         self.val_display_metrics = RankingMetrics()
         self.test_metrics = RankingMetrics()
         self.test_display_metrics = RankingMetrics()
+        if eval_propensity_eta < 0:
+            raise ValueError(f"eval_propensity_eta must be >= 0, got {eval_propensity_eta}")
+        self.eval_propensities = [(1.0 / k) ** eval_propensity_eta for k in range(1, 11)]
+        for stage in ("val", "test"):
+            for system in ("position", "display_position"):
+                setattr(self, f"{stage}_{system}_metrics", PositionMetrics(self.eval_propensities))
 
     # -- to implement ----------------------------------------------------------------------
 
@@ -228,6 +235,13 @@ class RerankerModule(FeedbackModule):
         getattr(self, f"{stage}_display_metrics").update_lists(
             batch.display_scores, batch.labels, batch.mask, batch.record_index
         )
+        for system, system_scores in (
+            ("position", scores),
+            ("display_position", batch.display_scores),
+        ):
+            getattr(self, f"{stage}_{system}_metrics").update(
+                system_scores, batch.labels, batch.mask, batch.display_rank
+            )
         room = self.num_logged_examples - len(self._examples)
         if room > 0:
             cpu_scores = scores.detach().float().cpu()
@@ -244,6 +258,16 @@ class RerankerModule(FeedbackModule):
             logged[f"{stage}/{name}"] = value
             logged[f"{stage}/display/{name}"] = display_values[name]
             logged[f"{stage}/lift/{name}"] = value - display_values[name]
+        position = getattr(self, f"{stage}_position_metrics")
+        display_position = getattr(self, f"{stage}_display_position_metrics")
+        ips, display_ips = position.compute(), display_position.compute()
+        logged[f"{stage}/ips_dcg@10"] = ips["ips_dcg@10"]
+        logged[f"{stage}/display/ips_dcg@10"] = display_ips["ips_dcg@10"]
+        logged[f"{stage}/lift/ips_dcg@10"] = ips["ips_dcg@10"] - display_ips["ips_dcg@10"]
+        for name in ("top3_overlap", "kendall_tau"):
+            logged[f"{stage}/agreement/{name}"] = ips[name]
+        position.reset()
+        display_position.reset()
         headline = f"{stage}/ndcg@10"
         self.log(headline, logged.pop(headline), prog_bar=True)
         self.log_dict(logged)

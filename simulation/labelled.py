@@ -42,3 +42,30 @@ def load_labelled_lists(
     if query_id_prefix is not None:
         lists = [item for item in lists if item.query_id.startswith(query_id_prefix)]
     return lists
+
+
+def wikiqa_lists(path: str | Path, split: str) -> list[LabelledList]:
+    """One split of WikiQA's ``wikiqa_grouped.jsonl`` as labelled lists, read for scoring (the
+    test split is a benchmark: it is read here, never written out as training data). Query ids
+    and urls follow the converter's (``wikiqa-{split}-{n}``, ``wikiqa://{split}/{n}/{i}``)."""
+    from datamodules.converters.wikiqa import read_wikiqa
+
+    lists, n = [], 0
+    for row in read_wikiqa(path):
+        if row.get("split") != split:
+            continue
+        sources, grades = [], []
+        for i, candidate in enumerate(row.get("candidates") or []):
+            sources.append(
+                Source(
+                    title=(candidate.get("title") or "").strip(),
+                    url=f"wikiqa://{split}/{n}/{i}",
+                    snippet=(candidate.get("sentence") or "").strip(),
+                )
+            )
+            grades.append(float(candidate.get("label") or 0))
+        if sources:
+            query = (row.get("query") or "").strip()
+            lists.append(LabelledList(query, f"wikiqa-{split}-{n}", tuple(sources), tuple(grades)))
+        n += 1
+    return lists

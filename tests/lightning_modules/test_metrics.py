@@ -107,3 +107,29 @@ def test_bleu_from_statistics_is_sacrebleus_corpus_bleu(hypotheses, references):
     metrics = RewriteMetrics()
     metrics.update(hypotheses, references)
     assert float(metrics.compute()["bleu"]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_position_metrics_match_hand_computed_values_and_scipy_kendall() -> None:
+    from scipy.stats import kendalltau
+
+    from lightning_modules.metrics import position_metrics_per_query
+
+    # list 0: shown in order 0..4, picks at display ranks 1 and 4 (0-based 0 and 3);
+    # the model ranks source 3 first and source 0 third. list 1: no picks; padded.
+    scores = torch.tensor([[0.5, 0.9, 0.1, 2.0, -1.0], [0.3, 0.2, 0.1, 0.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    display = torch.tensor([[0, 1, 2, 3, 4], [2, 0, 1, 0, 0]])
+    propensities = torch.tensor([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    got = position_metrics_per_query(scores, labels, mask, display, propensities)
+    # model order: 3, 1, 0, 2, 4 -> source 3 at model rank 1 (shown at rank 4: weight 4),
+    # source 0 at model rank 3 (shown first: weight 1)
+    expected_ips = 4.0 / np.log2(2) + 1.0 / np.log2(4)
+    assert got["ips_dcg@10"][0].item() == pytest.approx(expected_ips)
+    assert np.isnan(got["ips_dcg@10"][1].item())
+    assert got["top3_overlap"][0].item() == pytest.approx(2 / 3)  # {3,1,0} vs {0,1,2}
+    assert got["top3_overlap"][1].item() == 1.0  # 3 sources: both top 3s are the whole list
+    for row in range(2):
+        n = int(mask[row].sum())
+        tau = kendalltau(scores[row, :n].numpy(), -display[row, :n].numpy()).statistic
+        assert got["kendall_tau"][row].item() == pytest.approx(tau)

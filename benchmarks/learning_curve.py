@@ -1,0 +1,219 @@
+"""The learning curve: does fine-tuning on simulated picks find what users want, and does a
+position model help? Scored on true labels of test-only sets.
+
+For each position-bias strength ``eta``, impression count ``N`` and seed: WikiQA train lists
+are shown in BM25 order and picked by the simulated user (:mod:`simulation`); the default
+reranker recipe is fine-tuned on those picks with each ``--methods`` entry:
+
+* ``naive``: the picks as they are (today's recipe);
+* ``additive``: a learned position term per rank during training (``AdditivePositionBias``);
+* ``ips``: inverse propensity weighting with the simulator's true propensities ``(1/k)^eta``
+  (given, not estimated: the best case for IPS);
+* ``oracle``: the same impressions labelled with their true grades;
+
+each choosing its checkpoint on its own validation split of the feedback (picks; the oracle's
+true labels), never on a test set. Every export is scored through the app's loader on the true
+labels of WikiQA test (test-only, read from ``../shared/data/wikiqa``) and, with
+``--trec-dl``, TREC DL 2019/2020 (test-only), beside the untouched backbone and the display
+order (BM25). NDCG@10 over the queries with a relevant source.
+
+    python benchmarks/learning_curve.py --n 1000 --eta 1 --output lc.json   # one point
+    python benchmarks/learning_curve.py --n 100 300 1000 3000 --eta 1 --seeds 0 \\
+        --output benchmarks/results/learning_curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+
+from lightning_modules.hardware import describe_cpu  # noqa: E402
+from simulation.display import BM25Order  # noqa: E402
+from simulation.evaluation import (  # noqa: E402
+    mean_metrics,
+    order_scores,
+    reranker_scores,
+    true_label_metrics,
+)
+from simulation.labelled import load_labelled_lists, wikiqa_lists  # noqa: E402
+from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
+from simulation.users import PositionBasedUser  # noqa: E402
+
+WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
+WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
+METHODS = ("naive", "additive", "ips", "oracle")
+
+
+def position_bias_argument(method: str, eta: float) -> list[str]:
+    if method == "additive":
+        spec = {"class_path": "lightning_modules.position_bias.AdditivePositionBias"}
+    elif method == "ips":
+        spec = {
+            "class_path": "lightning_modules.position_bias.InversePropensityWeighting",
+            "init_args": {"eta": eta},
+        }
+    else:
+        return []
+    return [f"--model.init_args.position_bias={json.dumps(spec)}"]
+
+
+def fit(train_file: Path, method: str, eta: float, run_dir: Path, args) -> tuple[Path, dict]:
+    """Fine-tune the default recipe on one feedback file; the export and the fit's figures."""
+    import main
+
+    loggers = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(run_dir), "name": method},
+        }
+    ]
+    cli_args = [
+        "fit",
+        "--config",
+        str(args.config),
+        f"--data.init_args.train_files={json.dumps([str(train_file)])}",
+        f"--trainer.logger={json.dumps(loggers)}",
+        "--trainer.enable_model_summary=false",
+        *position_bias_argument(method, eta),
+        *args.set,
+    ]
+    if args.max_epochs is not None:
+        cli_args.append(f"--trainer.max_epochs={args.max_epochs}")
+    started = time.perf_counter()
+    cli = main.main(cli_args)
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+    examination = cli.model.position_bias.examination()
+    return Path(cli.trainer.log_dir) / "export", {
+        "fit_seconds": round(time.perf_counter() - started, 1),
+        "val": {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")},
+        "examination": examination,
+    }
+
+
+def score_export(folder: Path, test_sets: dict[str, Any]) -> dict[str, dict[str, float]]:
+    from lightning_modules.inference import ExportedReranker
+
+    reranker = ExportedReranker.load(folder)
+    return {name: score(reranker) for name, score in test_sets.items()}
+
+
+def wikiqa_test_set(path: Path):
+    lists = [item for item in wikiqa_lists(path, "test")]
+
+    def score(reranker) -> dict[str, float]:
+        return mean_metrics(true_label_metrics(lists, reranker_scores(reranker, lists)))
+
+    display = mean_metrics(true_label_metrics(lists, order_scores(BM25Order().order(lists))))
+    return lists, score, display
+
+
+def trec_dl_test_sets(data_dir: str | None) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import trec_dl
+
+    folder = trec_dl.resolve_data_dir(data_dir or trec_dl.DEFAULT_DATA_DIR)
+    sets = {}
+    for year in trec_dl.YEARS:
+        data = trec_dl.load_year(folder, year)
+
+        def score(reranker, data=data) -> dict[str, float]:
+            _, evaluation = trec_dl.score_year(trec_dl.ExportScorer(reranker), data)
+            return {**evaluation.mean, "n_queries": evaluation.n_queries}
+
+        sets[f"trec_dl_{year}"] = score
+    return sets
+
+
+def untouched_backbone_export(folder: Path) -> Path:
+    from lightning_modules.reranker import BiEncoderReranker
+
+    BiEncoderReranker(anchor_weight=0.0).export(folder)
+    return folder
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, nargs="+", default=[1000], help="impressions")
+    parser.add_argument("--eta", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--set", nargs="*", default=[], help="more main.py arguments")
+    parser.add_argument("--wikiqa", default=str(WIKIQA_GROUPED), help="wikiqa_grouped.jsonl")
+    parser.add_argument("--trec-dl", action="store_true", help="also score TREC DL 2019/2020")
+    parser.add_argument("--trec-dl-dir", default=None)
+    parser.add_argument("--work-dir", default="logs/learning_curve")
+    parser.add_argument("--output", required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    work_dir = Path(args.work_dir)
+    if Path(args.output).exists():
+        raise SystemExit(f"{args.output} exists: choose a new file")
+    train_lists = load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-train-")
+    _, wikiqa_score, wikiqa_display = wikiqa_test_set(Path(args.wikiqa))
+    test_sets = {"wikiqa_test": wikiqa_score}
+    if args.trec_dl:
+        test_sets.update(trec_dl_test_sets(args.trec_dl_dir))
+    report: dict[str, Any] = {
+        "benchmark": "learning curve on simulated feedback (benchmarks/learning_curve.py)",
+        "machine": describe_cpu(),
+        "python": platform.python_version(),
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "baselines": {"display (BM25)": {"wikiqa_test": wikiqa_display}},
+        "runs": [],
+    }
+    backbone = untouched_backbone_export(work_dir / "backbone")
+    report["baselines"]["untouched backbone"] = score_export(backbone, test_sets)
+    print(json.dumps(report["baselines"], indent=1), flush=True)
+    display = BM25Order()
+    for eta in args.eta:
+        for n in args.n:
+            for seed in args.seeds:
+                point = work_dir / f"eta{eta:g}_n{n}_seed{seed}"
+                point.mkdir(parents=True, exist_ok=True)
+                user = PositionBasedUser(eta=eta)
+                records = simulate(train_lists, display, user, n_impressions=n, seed=seed)
+                picks = point / "picks.json"
+                oracle = point / "oracle.json"
+                if not picks.exists():
+                    write_feedback(records, picks)
+                    write_feedback(with_true_labels(records), oracle)
+                for method in args.methods:
+                    train_file = oracle if method == "oracle" else picks
+                    export, figures = fit(train_file, method, eta, point, args)
+                    run = {"eta": eta, "n": n, "seed": seed, "method": method, **figures}
+                    run["test"] = score_export(export, test_sets)
+                    report["runs"].append(run)
+                    print(json.dumps(run), flush=True)
+                    Path(args.output).write_text(json.dumps(report, indent=1))
+    summary = {}
+    for run in report["runs"]:
+        key = f"eta={run['eta']:g} n={run['n']} {run['method']}"
+        summary.setdefault(key, []).append(run["test"]["wikiqa_test"]["ndcg@10"])
+    report["summary_wikiqa_ndcg@10"] = {k: float(np.mean(v)) for k, v in summary.items()}
+    Path(args.output).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["summary_wikiqa_ndcg@10"], indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Scoring rankings of labelled lists against their true grades, through the project's one
+evaluation core (:func:`lightning_modules.metrics.ranking_metrics_per_query`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.feedback import render_document
+from lightning_modules.metrics import ranking_metrics_per_query
+from simulation.labelled import LabelledList
+
+
+def true_label_metrics(
+    lists: Sequence[LabelledList], scores: Sequence[Sequence[float]]
+) -> dict[str, np.ndarray]:
+    """Per-query NDCG@k / MRR@10 / Recall@3 of ``scores`` (one array per list) against the
+    lists' true grades; NaN for a list without a relevant source (skipped in means)."""
+    width = max((len(item.sources) for item in lists), default=0)
+    padded = torch.zeros(len(lists), width, dtype=torch.float64)
+    labels = torch.zeros(len(lists), width)
+    mask = torch.zeros(len(lists), width, dtype=torch.bool)
+    for row, (item, row_scores) in enumerate(zip(lists, scores, strict=True)):
+        n = len(item.sources)
+        if len(row_scores) != n:
+            raise ValueError(f"list {item.query_id}: {len(row_scores)} scores for {n} sources")
+        padded[row, :n] = torch.as_tensor(np.asarray(row_scores, dtype=np.float64))
+        labels[row, :n] = torch.tensor(item.grades)
+        mask[row, :n] = True
+    return {k: v.numpy() for k, v in ranking_metrics_per_query(padded, labels, mask).items()}
+
+
+def order_scores(orders: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Scores that reproduce given orders (first = highest)."""
+    out = []
+    for order in orders:
+        scores = np.empty(len(order))
+        scores[np.asarray(order, dtype=int)] = -np.arange(len(order), dtype=np.float64)
+        out.append(scores)
+    return out
+
+
+def reranker_scores(reranker: Any, lists: Sequence[LabelledList], batch_size: int = 64):
+    """A loaded export's scores (:class:`~lightning_modules.inference.ExportedReranker`: the
+    app's own inference path) for every list."""
+    template = reranker.document_template
+    return [
+        reranker.score(
+            item.query, [render_document(template, s) for s in item.sources], batch_size=batch_size
+        )
+        for item in lists
+    ]
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means over the queries where a metric is defined, and how many those were."""
+    out = {name: float(np.nanmean(values)) for name, values in per_query.items()}
+    first = next(iter(per_query.values()))
+    out["n_queries"] = int(np.sum(~np.isnan(first)))
+    return out
