@@ -205,6 +205,8 @@ JOBS = [
     ("reranker.yaml", "reranker_cross_encoder.yaml"),
     ("reranker.yaml", "reranker_jina.yaml"),
     ("reranker.yaml", "low_memory.yaml"),
+    ("reranker.yaml", "position_additive.yaml"),
+    ("reranker.yaml", "position_ips.yaml"),
     ("query_rewriting_offline.yaml",),
     ("query_rewriting_offline.yaml", "query_rewriting.yaml"),
 ]
