@@ -9,11 +9,13 @@ reranker recipe is fine-tuned on those picks with each ``--methods`` entry:
 * ``additive``: a learned position term per rank during training (``AdditivePositionBias``);
 * ``ips``: inverse propensity weighting with the simulator's true propensities ``(1/k)^eta``
   (given, not estimated: the best case for IPS);
+* ``skip_above``: unpicked sources below the lowest pick left out of training (``SkipAbove``);
 * ``oracle``: the same impressions labelled with their true grades;
 
 each choosing its checkpoint on its own validation split of the feedback (picks; the oracle's
 true labels), never on a test set. Every export is scored through the app's loader on the true
-labels of WikiQA test (test-only, read from ``../shared/data/wikiqa``) and, with
+labels of WikiQA dev (never simulated from: where recipes are compared and chosen), of WikiQA
+test (test-only, read from ``../shared/data/wikiqa``) and, with
 ``--trec-dl``, TREC DL 2019/2020 (test-only), beside the untouched backbone and the display
 order (BM25). NDCG@10 over the queries with a relevant source.
 
@@ -54,12 +56,14 @@ from simulation.users import PositionBasedUser  # noqa: E402
 WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
 WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-METHODS = ("naive", "additive", "ips", "oracle")
+METHODS = ("naive", "additive", "ips", "skip_above", "oracle")
 
 
 def position_bias_argument(method: str, eta: float) -> list[str]:
     if method == "additive":
         spec = {"class_path": "lightning_modules.position_bias.AdditivePositionBias"}
+    elif method == "skip_above":
+        spec = {"class_path": "lightning_modules.position_bias.SkipAbove"}
     elif method == "ips":
         spec = {
             "class_path": "lightning_modules.position_bias.InversePropensityWeighting",
@@ -84,6 +88,7 @@ def fit(train_file: Path, method: str, eta: float, run_dir: Path, args) -> tuple
         "fit",
         "--config",
         str(args.config),
+        *[part for overlay in args.overlay for part in ("--config", overlay)],
         f"--data.init_args.train_files={json.dumps([str(train_file)])}",
         f"--trainer.logger={json.dumps(loggers)}",
         "--trainer.enable_model_summary=false",
@@ -153,6 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--overlay", nargs="*", default=[], help="configs stacked after it")
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--set", nargs="*", default=[], help="more main.py arguments")
     parser.add_argument("--wikiqa", default=str(WIKIQA_GROUPED), help="wikiqa_grouped.jsonl")
@@ -170,7 +176,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.output} exists: choose a new file")
     train_lists = load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-train-")
     _, wikiqa_score, wikiqa_display = wikiqa_test_set(Path(args.wikiqa))
-    test_sets = {"wikiqa_test": wikiqa_score}
+    dev_lists = load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-dev-")
+
+    def dev_score(reranker) -> dict[str, float]:
+        return mean_metrics(true_label_metrics(dev_lists, reranker_scores(reranker, dev_lists)))
+
+    # WikiQA dev (true labels, not simulated from) is where recipes are compared and chosen;
+    # WikiQA test and TREC DL are reported, never chosen on.
+    test_sets = {"wikiqa_dev": dev_score, "wikiqa_test": wikiqa_score}
     if args.trec_dl:
         test_sets.update(trec_dl_test_sets(args.trec_dl_dir))
     report: dict[str, Any] = {
@@ -210,6 +223,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         key = f"eta={run['eta']:g} n={run['n']} {run['method']}"
         summary.setdefault(key, []).append(run["test"]["wikiqa_test"]["ndcg@10"])
     report["summary_wikiqa_ndcg@10"] = {k: float(np.mean(v)) for k, v in summary.items()}
+    dev = {}
+    for run in report["runs"]:
+        key = f"eta={run['eta']:g} n={run['n']} {run['method']}"
+        dev.setdefault(key, []).append(run["test"]["wikiqa_dev"]["ndcg@10"])
+    report["summary_wikiqa_dev_ndcg@10"] = {k: float(np.mean(v)) for k, v in dev.items()}
     Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps(report["summary_wikiqa_ndcg@10"], indent=1))
     return report

@@ -237,9 +237,11 @@ def log_examples(
 ) -> None:
     """Send a table of examples to every logger that takes tables (W&B) and keep a JSON Lines
     copy under the run's log folder (``samples/<key>_epoch<E>_step<S>.jsonl``) for everyone.
+    A run without loggers (``logger: false``, the promotion gate's scoring passes) writes
+    nothing: it has no log folder, and the working directory is the user's, not the run's.
     """
     trainer = module.trainer
-    if not rows or trainer is None or trainer.sanity_checking:
+    if not rows or trainer is None or trainer.sanity_checking or not trainer.loggers:
         return
     for logger in module.loggers:
         if hasattr(logger, "log_table"):

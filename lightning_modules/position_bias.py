@@ -17,6 +17,11 @@ reranker (``position_bias:`` in its config) and used in training only:
   through :func:`~lightning_modules.losses.propensity_weighted_softmax_cross_entropy`.
   Propensities are given, as a list by rank or as the position-based model's ``(1 / k) ** eta``.
 
+* :class:`SkipAbove`: an unpicked source counts as a negative only if it was shown above the
+  lowest pick (Joachims, KDD 2002, "Optimizing Search Engines using Clickthrough Data": the
+  user scanned past it); those shown below were likely never examined and are left out of the
+  list. Needs no propensities.
+
 Ranks are the ``display_rank`` of a batch (0 = shown first). Ranks past the last one a model
 knows share its last value. In-batch negatives (the bi-encoder) were never shown for the query
 whose list they join: they get no position term and no weight.
@@ -179,3 +184,28 @@ class InversePropensityWeighting(NaivePositions):
 
     def extra_repr(self) -> str:
         return f"eta={self.eta}, max_weight={self.max_weight}"
+
+
+class SkipAbove(NaivePositions):
+    """Unpicked sources below the list's lowest pick leave its training list (see the module);
+    a list without picks keeps no shown source. In-batch negatives (never shown for the
+    query) stay."""
+
+    name = "skip_above"
+
+    def examined(self, labels: Tensor, display_rank: Tensor, mask: Tensor) -> Tensor:
+        """``[B, L]``: the shown sources at or above the list's lowest pick."""
+        picked = (labels > 0) & mask
+        lowest = torch.where(picked, display_rank, display_rank.new_full((), -1)).amax(-1)
+        return mask & (display_rank <= lowest[:, None])
+
+    def training_loss(
+        self, loss: RankingLoss, scores: Tensor, labels: Tensor, mask: Tensor, display_rank: Tensor
+    ) -> Tensor:
+        shown = display_rank.shape[1]
+        kept = mask.clone()
+        kept[:, :shown] = self.examined(labels[:, :shown], display_rank, mask[:, :shown])
+        return loss(scores, labels, kept)
+
+    def describe(self) -> str:
+        return "skip-above: unpicked sources below the lowest pick left out of training"

@@ -207,6 +207,8 @@ JOBS = [
     ("reranker.yaml", "low_memory.yaml"),
     ("reranker.yaml", "position_additive.yaml"),
     ("reranker.yaml", "position_ips.yaml"),
+    ("reranker.yaml", "position_skip_above.yaml"),
+    ("reranker.yaml", "select_debiased.yaml"),
     ("query_rewriting_offline.yaml",),
     ("query_rewriting_offline.yaml", "query_rewriting.yaml"),
 ]

@@ -106,3 +106,27 @@ def test_describe_fills_only_what_the_config_left_empty(tmp_path):
     assert logger.experiment is not None  # the run starts: too late to rename it
     with pytest.raises(RuntimeError, match="before the W&B run starts"):
         logger.describe(description)
+
+
+def test_examples_go_to_the_run_log_folder_and_nowhere_without_loggers(tmp_path, monkeypatch):
+    """The gate scores with loggers off: its examples must not land in the user's folder."""
+    import lightning as L
+
+    from lightning_modules.loggers import log_examples
+
+    monkeypatch.chdir(tmp_path)
+
+    class Module(L.LightningModule):
+        pass
+
+    for loggers, expect in (
+        (False, False),
+        ([L.pytorch.loggers.CSVLogger(tmp_path / "logs")], True),
+    ):
+        module = Module()
+        trainer = L.Trainer(logger=loggers, default_root_dir=tmp_path, enable_progress_bar=False)
+        module.trainer = trainer
+        log_examples(module, "val/examples", ["query"], [["q"]])
+        written = list(tmp_path.rglob("val_examples_*.jsonl"))
+        assert bool(written) == expect
+        assert not (tmp_path / "samples").exists()  # never the working directory itself

@@ -157,3 +157,26 @@ def test_the_optimiser_gives_the_position_terms_their_own_learning_rate(tiny_bac
     assert own["lr"] == 0.5 and own["weight_decay"] == 0.0 and len(own["params"]) == 1
     others = [p for g in optimizer.param_groups if g is not own for p in g["params"]]
     assert all(p is not bias.later_ranks for p in others)
+
+
+def test_skip_above_keeps_what_was_shown_above_the_lowest_pick_and_every_foreign_source():
+    from lightning_modules.position_bias import SkipAbove
+
+    labels = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    ranks = torch.tensor([[3, 0, 1, 2, 5, 4], [0, 1, 2, 3, 0, 0]])  # shown order per source
+    mask = torch.tensor([[True] * 6, [True, True, True, True, False, False]])
+    skip = SkipAbove()
+    expected = torch.tensor(
+        [[False, True, True, True, False, False], [False, False, False, False, False, False]]
+    )
+    assert torch.equal(skip.examined(labels, ranks, mask), expected)
+    seen = {}
+
+    def spy(scores, labels, mask):
+        seen["mask"] = mask
+        return scores.sum() * 0
+
+    full_mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.bool)], dim=1)  # + 3 in-batch
+    full_labels = torch.cat([labels, torch.zeros(2, 3)], dim=1)
+    skip.training_loss(spy, torch.zeros(2, 9), full_labels, full_mask, ranks)
+    assert torch.equal(seen["mask"][:, :6], expected) and seen["mask"][:, 6:].all()

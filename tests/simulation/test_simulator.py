@@ -134,3 +134,26 @@ def test_labelled_lists_read_the_shipped_wikiqa_labels() -> None:
     lists = load_labelled_lists("training_data/wikiqa_feedback.json", query_id_prefix="wikiqa-dev-")
     assert len(lists) == 296
     assert sum(item.has_relevant for item in lists) == 126  # WikiQA dev: 126 with a positive
+
+
+def test_wikiqa_lists_read_one_split_with_the_converters_ids(tmp_path) -> None:
+    from simulation.labelled import wikiqa_lists
+
+    rows = [
+        {"split": "train", "query": "q0", "candidates": [{"sentence": "a", "label": 1}]},
+        {"split": "test", "query": "t0", "candidates": [{"sentence": "x", "label": 0}]},
+        {
+            "split": "test",
+            "query": "t1",
+            "candidates": [
+                {"sentence": "y", "title": "Page", "label": 0},
+                {"sentence": "z", "label": 1},
+            ],
+        },
+    ]
+    path = tmp_path / "wikiqa_grouped.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    lists = wikiqa_lists(path, "test")
+    assert [item.query_id for item in lists] == ["wikiqa-test-0", "wikiqa-test-1"]
+    assert lists[1].grades == (0.0, 1.0) and lists[1].sources[0].title == "Page"
+    assert lists[1].sources[1].url == "wikiqa://test/1/1"
