@@ -107,6 +107,8 @@ class FeedbackTrainer(L.Trainer):
         n_resamples: int = 1000,
         seed: int = 0,
         report_dir: str | None = None,
+        canary_files: list[str] | None = None,
+        canary_margin: float = 0.01,
     ):
         """Deploy ``candidate`` only if it beats the deployed model on held-out feedback.
 
@@ -114,8 +116,9 @@ class FeedbackTrainer(L.Trainer):
             candidate: an exported model folder (``main.py export`` or a fit's ``export/``).
             deployment: the path the app loads; a link to versioned copies that this command
                 switches atomically (see :mod:`deployment.gate`).
-            metric: the gate's metric: ``ndcg@10`` (default) or ``mrr@10`` for a reranker,
-                ``bleu`` (default) or ``exact_match`` for a rewriter.
+            metric: the gate's metric: ``ndcg@10`` (default), ``mrr@10`` or ``ips_dcg@10`` (the
+                picks' position-debiased estimate) for a reranker, ``bleu`` (default) or
+                ``exact_match`` for a rewriter.
             margin: the least improvement of ``metric`` that promotes (its own scale: NDCG
                 0-1, BLEU 0-100).
             max_p_value: also require the paired bootstrap's p-value to be at most this.
@@ -123,6 +126,10 @@ class FeedbackTrainer(L.Trainer):
             seed: bootstrap seed.
             report_dir: where the JSON and Markdown reports go (default
                 ``logs/promote/<time>``).
+            canary_files: a labelled set that is not feedback (e.g.
+                ``training_data/wikiqa_dev_canary.json``); a candidate that loses more than
+                ``canary_margin`` of the task's first metric there is refused.
+            canary_margin: the largest loss on the canary that still promotes.
         """
         from deployment.gate import run_gate
 
@@ -140,6 +147,8 @@ class FeedbackTrainer(L.Trainer):
             n_resamples=n_resamples,
             seed=seed,
             report_dir=report_dir,
+            canary_files=canary_files,
+            canary_margin=canary_margin,
         )
 
 

@@ -20,11 +20,19 @@ is better than the deployed one on the same held-out feedback.
 
 Without a deployed model yet (first promotion) the candidate is compared with the config's own
 model: the untouched base model the app would otherwise use.
+
+**Canary** (``canary_files``): a fixed set with editorial labels that is *not* feedback (the
+repository ships ``training_data/wikiqa_dev_canary.json``: WikiQA dev). Both models are also
+scored on it, and a candidate that loses more than ``canary_margin`` of the primary metric
+there is refused, however much it gains on the feedback: re-training on feedback again and
+again cannot quietly forget what the backbone knew. A canary file must not be trained on: the
+gate refuses one whose queries appear in the training feedback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -37,6 +45,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 
 from deployment.bootstrap import MetricComparison, SystemResult, compare_systems
 from deployment.versions import Deployment
@@ -44,7 +53,9 @@ from lightning_modules.export import EXPORT_METADATA_FILE
 
 log = logging.getLogger(__name__)
 
-RANKING_METRICS = ("ndcg@10", "mrr@10")
+# ndcg@10 and mrr@10 on the held-out picks; ips_dcg@10 their position-debiased estimate (the
+# picks weighted by 1 / the examination propensity of the rank each was shown at)
+RANKING_METRICS = ("ndcg@10", "mrr@10", "ips_dcg@10")
 REWRITING_METRICS = ("bleu", "exact_match")
 
 
@@ -114,11 +125,28 @@ def evaluate(
         )
     index, values = results["model"]
     _, display = results["display"]
+    position_index, position = results["model_position"]
+    _, display_position = results["display_position"]
+    if not torch.equal(index, position_index):  # both keep the queries with a pick
+        raise RuntimeError("ranking and position metrics cover different held-out queries")
+    values, display = {**values, **position}, {**display, **display_position}
     return (
         index.numpy(),
         SystemResult("model", {m: values[m].double().numpy() for m in RANKING_METRICS}),
         SystemResult("display order", {m: display[m].double().numpy() for m in RANKING_METRICS}),
     )
+
+
+@dataclass
+class CanaryCheck:
+    files: list[str]
+    metric: str
+    n_queries: int
+    deployed: float
+    candidate: float
+    delta: float
+    margin: float
+    passed: bool
 
 
 @dataclass
@@ -140,6 +168,7 @@ class GateReport:
     version: str | None
     held_out: str
     timestamp: str
+    canary: CanaryCheck | None = None
 
     def to_markdown(self) -> str:
         decision = "**promoted**" if self.promoted else "**not promoted**"
@@ -166,6 +195,15 @@ class GateReport:
                 f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {c.p_value:.3f} | "
                 f"{self.baseline[c.metric]:.4f} |"
             )
+        if self.canary is not None:
+            c = self.canary
+            verdict = "passed" if c.passed else "**failed**"
+            lines += [
+                "",
+                f"Canary ({', '.join(c.files)}, {c.n_queries} queries, not feedback): "
+                f"{c.metric} deployed {c.deployed:.4f}, candidate {c.candidate:.4f} "
+                f"(delta {c.delta:+.4f}; allowed loss {c.margin:g}): {verdict}",
+            ]
         return "\n".join(lines) + "\n"
 
     def write(self, folder: str | Path) -> Path:
@@ -198,6 +236,56 @@ def decide(
     )
 
 
+def _canary_datamodule(datamodule: L.LightningDataModule, files: Sequence[str]):
+    """A copy of the data module whose validation items are the canary files."""
+    canary = copy.copy(datamodule)
+    canary.train_files, canary.val_files = [], [str(f) for f in files]
+    for stage in ("train", "val"):
+        setattr(canary, f"{stage}_{datamodule.items_name}", [])
+    canary.setup("validate")
+    # (a query's key is its normalised text: the same question in both is trained on)
+    trained = datamodule.items("train").facts["query_key"]
+    overlap = np.isin(canary.items("val").facts["query_key"], trained)
+    if overlap.any():
+        raise ValueError(
+            f"canary {', '.join(map(str, files))}: {int(overlap.sum())} of its queries are in "
+            "the training feedback; a canary must be data the models never train on"
+        )
+    return canary
+
+
+def run_canary(
+    trainer: L.Trainer,
+    template: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    deployed: tuple[L.LightningModule, Path | None],
+    candidate: Path,
+    files: Sequence[str],
+    metric: str,
+    margin: float,
+) -> CanaryCheck:
+    canary = _canary_datamodule(datamodule, files)
+    deployed_module, deployed_folder = deployed
+    deployed_index, deployed_result, _ = evaluate(trainer, deployed_module, canary, deployed_folder)
+    candidate_index, candidate_result, _ = evaluate(
+        trainer, module_from_export(template, candidate), canary, candidate
+    )
+    if not np.array_equal(deployed_index, candidate_index):
+        raise RuntimeError("the two models were not scored on the same canary queries")
+    n = len(candidate_index)
+    before, after = deployed_result.value(metric, n), candidate_result.value(metric, n)
+    return CanaryCheck(
+        files=[str(f) for f in files],
+        metric=metric,
+        n_queries=n,
+        deployed=before,
+        candidate=after,
+        delta=after - before,
+        margin=margin,
+        passed=bool(after - before >= -margin),
+    )
+
+
 def run_gate(
     trainer: L.Trainer,
     template: L.LightningModule,
@@ -211,6 +299,8 @@ def run_gate(
     n_resamples: int = 1000,
     seed: int = 0,
     report_dir: str | Path | None = None,
+    canary_files: Sequence[str] | None = None,
+    canary_margin: float = 0.01,
 ) -> GateReport:
     """Score, compare, decide, and promote if the candidate passes. See the module docstring."""
     candidate = Path(candidate)
@@ -232,13 +322,14 @@ def run_gate(
     if target.exists():
         deployed_folder = target.path.resolve()
         deployed_name = f"{target.path} ({target.current_version() or 'folder'})"
-        deployed_index, deployed_result, baseline = evaluate(
-            trainer, module_from_export(template, deployed_folder), datamodule, deployed_folder
-        )
+        deployed_module = module_from_export(template, deployed_folder)
     else:
         base = template.hparams.get("model_name_or_path")
         deployed_name = f"nothing deployed yet: the config's model ({base})"
-        deployed_index, deployed_result, baseline = evaluate(trainer, template, datamodule, None)
+        deployed_folder, deployed_module = None, template
+    deployed_index, deployed_result, baseline = evaluate(
+        trainer, deployed_module, datamodule, deployed_folder
+    )
     candidate_index, candidate_result, _ = evaluate(
         trainer, module_from_export(template, candidate), datamodule, candidate
     )
@@ -249,6 +340,31 @@ def run_gate(
     comparisons = compare_systems(deployed_result, candidate_result, metrics, n, n_resamples, seed)
     gate = next(c for c in comparisons if c.metric == primary)
     promoted, reason = decide(gate, margin, max_p_value)
+    canary = None
+    if canary_files and is_rewriter:
+        raise ValueError("canary_files: the canary check is for rerankers")
+    if canary_files:
+        # true labels there: judged on the task's plain metric, whatever the feedback gate used
+        canary_metric = metrics[0]
+        canary = run_canary(
+            trainer,
+            template,
+            datamodule,
+            (deployed_module, deployed_folder),
+            candidate,
+            canary_files,
+            canary_metric,
+            canary_margin,
+        )
+        if promoted and not canary.passed:
+            promoted, reason = (
+                False,
+                (
+                    f"{reason}, but on the canary {canary_metric} fell {canary.delta:+.4f} "
+                    f"({canary.deployed:.4f} -> {canary.candidate:.4f}; allowed loss "
+                    f"{canary_margin:g})"
+                ),
+            )
     now = datetime.now(timezone.utc)
     version = None
     if promoted and not trainer.is_global_zero:  # every process measured; one deploys
@@ -277,6 +393,7 @@ def run_gate(
         version=version,
         held_out=f"{split} of {', '.join(map(str, held_out_files))}",
         timestamp=now.isoformat(timespec="seconds"),
+        canary=canary,
     )
     if not trainer.is_global_zero:
         return report

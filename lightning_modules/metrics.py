@@ -219,7 +219,8 @@ def position_metrics_per_query(
 
 class PositionMetrics(Metric):
     """Per-query :func:`position_metrics_per_query` over an evaluation, gathered like
-    :class:`RankingMetrics`; ``compute()`` averages each over the lists where it is defined."""
+    :class:`RankingMetrics`; ``compute()`` averages each over the lists where it is defined,
+    ``per_query()`` keeps them by query index for the gate."""
 
     full_state_update = False
 
@@ -227,14 +228,25 @@ class PositionMetrics(Metric):
         super().__init__()
         self.propensities = torch.tensor(list(propensities), dtype=torch.float64)
         self.names = ["ips_dcg@10", "top3_overlap", "kendall_tau"]
+        self.add_state("query_index", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
-    def update(self, scores, labels, mask, display_rank) -> None:
-        per_query = position_metrics_per_query(
-            scores, labels, mask, display_rank, self.propensities
-        )
+    def update(self, scores, labels, mask, display_rank, query_index) -> None:
+        per_query = position_metrics_per_query(scores, labels, mask, display_rank, self.propensities)
         values = torch.stack([per_query[name] for name in self.names], dim=1)
+        self.query_index.append(query_index.detach().long().to(self.device))
         self.values.append(values.float().to(self.device))
+
+    def per_query(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Query indices (sorted) and each metric's values, for the queries with a pick (those
+        :meth:`RankingMetrics.per_query` keeps)."""
+        if _is_empty(self.query_index):
+            return torch.zeros(0, dtype=torch.long), {n: torch.zeros(0) for n in self.names}
+        index, values = dim_zero_cat(self.query_index), dim_zero_cat(self.values)
+        order = torch.argsort(index, stable=True)
+        index, values = index[order], values[order]
+        kept = ~torch.isnan(values[:, 0])
+        return index[kept], {n: values[kept, i] for i, n in enumerate(self.names)}
 
     def compute(self) -> dict[str, torch.Tensor]:
         if _is_empty(self.values):

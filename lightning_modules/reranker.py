@@ -240,7 +240,7 @@ class RerankerModule(FeedbackModule):
             ("display_position", batch.display_scores),
         ):
             getattr(self, f"{stage}_{system}_metrics").update(
-                system_scores, batch.labels, batch.mask, batch.display_rank
+                system_scores, batch.labels, batch.mask, batch.display_rank, batch.record_index
             )
         room = self.num_logged_examples - len(self._examples)
         if room > 0:
@@ -266,14 +266,22 @@ class RerankerModule(FeedbackModule):
         logged[f"{stage}/lift/ips_dcg@10"] = ips["ips_dcg@10"] - display_ips["ips_dcg@10"]
         for name in ("top3_overlap", "kendall_tau"):
             logged[f"{stage}/agreement/{name}"] = ips[name]
-        position.reset()
-        display_position.reset()
         headline = f"{stage}/ndcg@10"
         self.log(headline, logged.pop(headline), prog_bar=True)
         self.log_dict(logged)
-        self.keep_evaluation(stage, {"model": model.per_query(), "display": display.per_query()})
+        self.keep_evaluation(
+            stage,
+            {
+                "model": model.per_query(),
+                "display": display.per_query(),
+                "model_position": position.per_query(),
+                "display_position": display_position.per_query(),
+            },
+        )
         model.reset()
         display.reset()
+        position.reset()
+        display_position.reset()
         self._log_examples(stage)
 
     def _log_examples(self, stage: str) -> None:

@@ -70,7 +70,7 @@ def test_reranker_gate_refuses_worse_accepts_better_and_rolls_back(
     (gate,) = [c for c in accepted["comparisons"] if c["metric"] == "ndcg@10"]
     assert accepted["promoted"] is True, accepted["reason"]
     assert gate["candidate"] > gate["deployed"] and gate["delta"] > 0
-    assert {c["metric"] for c in accepted["comparisons"]} == {"ndcg@10", "mrr@10"}
+    assert {c["metric"] for c in accepted["comparisons"]} == {"ndcg@10", "mrr@10", "ips_dcg@10"}
     assert accepted["baseline_name"] == "display order"
     assert deployment.is_symlink() and snapshot(deployment) == snapshot(trained)
     assert snapshot(trained)  # the candidate folder itself is untouched and still there
@@ -158,3 +158,47 @@ def test_the_gate_measures_what_validate_measures_with_the_configs_precision(
     assert report["baseline"]["ndcg@10"] == pytest.approx(
         float(logged["val/display/ndcg@10"]), abs=1e-6
     )
+
+
+def test_the_canary_refuses_a_candidate_that_forgets_and_must_not_be_trained_on(
+    tmp_path, tiny_backbone, feedback_file, make_record
+):
+    """The canary is a second, labelled set: its verdict can refuse a candidate the feedback
+    gate would promote, and a canary whose queries are in the training feedback is refused."""
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
+    cli = main.main(["fit", "--config", str(config), "--trainer.max_epochs", "4"])
+    trained = Path(cli.trainer.log_dir) / "export"
+    canary = tmp_path / "canary.json"
+    records = [make_record(1000 + i, n_sources=5, picks=(i % 5,)) for i in range(12)]
+    for record in records:  # questions no training record asks
+        record["query"] = f"canary question number {record['query'].split()[-1]}"
+    canary.write_text(json.dumps({"reranker_data": records}))
+
+    def gate(report: str, margin: str) -> dict:
+        canary_args = ("--canary_files", json.dumps([str(canary)]), "--canary_margin", margin)
+        return promote(
+            config, trained, tmp_path / report / "deploy", tmp_path / report, *canary_args
+        )
+
+    # The same candidate, the same canary figures: only the allowed loss differs.
+    lenient = gate("lenient", "1.0")  # any loss up to 1.0 NDCG@10 is allowed
+    strict = gate("strict", "-1.0")  # it would have to gain 1.0 NDCG@10 on the canary
+    assert lenient["promoted"] is True, lenient["reason"]
+    assert strict["promoted"] is False and "canary" in strict["reason"]
+    assert not (tmp_path / "strict" / "deploy").exists()  # nothing deployed
+    for report in (lenient, strict):
+        check = report["canary"]
+        assert check["n_queries"] == 12 and check["metric"] == "ndcg@10"
+        assert check["delta"] == pytest.approx(check["candidate"] - check["deployed"])
+    assert lenient["canary"]["candidate"] == strict["canary"]["candidate"]
+    assert "Canary (" in (tmp_path / "strict" / "promotion_report.md").read_text()
+
+    with pytest.raises(ValueError, match="in the training feedback"):
+        promote(
+            config,
+            trained,
+            tmp_path / "overlap" / "deploy",
+            tmp_path / "overlap",
+            "--canary_files",
+            json.dumps([str(feedback_file)]),
+        )
