@@ -232,7 +232,9 @@ class PositionMetrics(Metric):
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def update(self, scores, labels, mask, display_rank, query_index) -> None:
-        per_query = position_metrics_per_query(scores, labels, mask, display_rank, self.propensities)
+        per_query = position_metrics_per_query(
+            scores, labels, mask, display_rank, self.propensities
+        )
         values = torch.stack([per_query[name] for name in self.names], dim=1)
         self.query_index.append(query_index.detach().long().to(self.device))
         self.values.append(values.float().to(self.device))
