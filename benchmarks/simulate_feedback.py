@@ -34,7 +34,13 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from simulation.display import BM25Order, FileOrder, ModelOrder, RandomOrder  # noqa: E402
+from simulation.display import (  # noqa: E402
+    Alternating,
+    BM25Order,
+    FileOrder,
+    ModelOrder,
+    RandomOrder,
+)
 from simulation.labelled import load_labelled_lists  # noqa: E402
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
 from simulation.users import PositionBasedUser  # noqa: E402
@@ -97,7 +103,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--input", nargs="+", default=[DEFAULT_INPUT], help="app-format files")
     parser.add_argument("--query-id-prefix", default="wikiqa-train-", help="'' for every list")
-    parser.add_argument("--display", choices=DISPLAYS, default="bm25")
+    parser.add_argument(
+        "--display",
+        nargs="+",
+        choices=DISPLAYS,
+        default=["bm25"],
+        help="several: they take turns by impression (the app's order changing over time)",
+    )
+    parser.add_argument("--plot", default=None, help="examination by rank, estimated and true")
     parser.add_argument("--eta", type=float, default=1.0, help="position-bias strength")
     parser.add_argument("--relevant-pick", type=float, default=PositionBasedUser.relevant_pick)
     parser.add_argument("--irrelevant-pick", type=float, default=PositionBasedUser.irrelevant_pick)
@@ -127,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_grade=args.max_grade,
     )
     with tempfile.TemporaryDirectory(prefix="simulate-") as work_dir:
-        display = display_policy(args.display, args.seed, Path(work_dir))
+        policies = [display_policy(name, args.seed, Path(work_dir)) for name in args.display]
+        display = policies[0] if len(policies) == 1 else Alternating(policies)
         records = simulate(
             lists, display, user, n_impressions=args.impressions, shown=args.shown, seed=args.seed
         )
@@ -135,15 +149,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.oracle_output:
         write_feedback(with_true_labels(records), args.oracle_output)
     report = {
-        "display": args.display,
+        "display": "+".join(args.display),
         "user": {
             k: getattr(args, k) for k in ("eta", "relevant_pick", "irrelevant_pick", "max_picks")
         },
         "seed": args.seed,
         **summary(records, user, args.shown),
     }
+    report["estimated_examination"] = estimated_examination(
+        args.output, args.shown, user, args.plot
+    )
     print(json.dumps(report, indent=1))
     return report
+
+
+def estimated_examination(path: str, shown: int, user: PositionBasedUser, plot: str | None):
+    """Intervention harvesting on the written log (:mod:`datamodules.propensity`), beside the
+    truth; ``None`` when the display never changed (nothing to harvest)."""
+    from datamodules.propensity import estimate_propensities
+    from datamodules.propensity import plot as plot_estimate
+    from datamodules.reranker_records import load_reranker_feedback
+
+    records, _ = load_reranker_feedback(path)
+    try:
+        estimate = estimate_propensities(records, n_ranks=shown)
+    except ValueError as error:
+        return {"estimate": None, "why": str(error)}
+    if plot:
+        plot_estimate(estimate, plot, reference=user.examination(shown).tolist())
+    return {"estimate": estimate.propensities, "true": user.examination(shown).round(4).tolist()}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ order (first shown first). Ties keep the file's order, so every policy is determ
   survives averaging over impressions);
 * :class:`BM25Order`: BM25 (``bm25s``) of the query over each source's title and snippet, with
   one index over every source of the lists given (the app's first-stage retrieval);
+* :class:`Alternating`: impression ``j`` of a list shown by policy ``j mod n`` of several (the
+  app's order changing over time, as each promotion changes it: what intervention harvesting,
+  :mod:`datamodules.propensity`, reads position bias from);
 * :class:`ModelOrder`: a reranker's scores (anything with ``score(query, documents)`` and a
   ``document_template``, e.g. :class:`lightning_modules.inference.ExportedReranker` on the
   untouched backbone: the app before any fine-tuning).
@@ -103,3 +106,16 @@ class ModelOrder:
             scores = self.reranker.score(item.query, documents, batch_size=self.batch_size)
             orders.append(order_by_scores(scores))
         return orders
+
+
+class Alternating:
+    """Several policies taking turns by impression number."""
+
+    def __init__(self, policies: Sequence[DisplayPolicy]) -> None:
+        if not policies:
+            raise ValueError("Alternating needs at least one policy")
+        self.policies = list(policies)
+        self.name = "+".join(p.name for p in self.policies)
+
+    def order(self, lists: Sequence[LabelledList]) -> list[list[int]]:
+        return self.policies[0].order(lists)

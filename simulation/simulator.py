@@ -59,12 +59,13 @@ def simulate(
     if shown < 1:
         raise ValueError(f"shown must be at least 1, got {shown}")
     plan = impression_plan(len(lists), n_impressions, seed)
-    orders = display.order(lists) if plan else []
+    policies = getattr(display, "policies", [display])  # Alternating: one per impression number
+    orders = [policy.order(lists) for policy in policies] if plan else []
     user_description = {"model": "position-based", **asdict(user)}
     records = []
     for i, (n, impression) in enumerate(plan):
         item = lists[n]
-        displayed = orders[n][:shown]
+        displayed = orders[impression % len(orders)][n][:shown]
         grades = [item.grades[p] for p in displayed]
         picks = user.picks(grades, np.random.default_rng([seed, n, impression]))
         sources = [item.sources[p] for p in displayed]

@@ -157,3 +157,39 @@ def test_wikiqa_lists_read_one_split_with_the_converters_ids(tmp_path) -> None:
     assert [item.query_id for item in lists] == ["wikiqa-test-0", "wikiqa-test-1"]
     assert lists[1].grades == (0.0, 1.0) and lists[1].sources[0].title == "Page"
     assert lists[1].sources[1].url == "wikiqa://test/1/1"
+
+
+def test_intervention_harvesting_recovers_the_examination_curve() -> None:
+    """Two display orders taking turns (the app's order changed): the pick rates of the same
+    source at two ranks give the true (1/k)^eta back, whatever the sources' relevance."""
+    from datamodules.propensity import estimate_propensities
+    from datamodules.reranker_records import parse_reranker_record
+    from simulation.display import Alternating
+
+    lists = [make_list(6, {i % 6, (i + 2) % 6}, f"q{i}") for i in range(60)]
+    user = PositionBasedUser(eta=1.0, relevant_pick=1.0, irrelevant_pick=0.0, max_picks=6)
+    display = Alternating([FileOrder(), RandomOrder(seed=1), RandomOrder(seed=2)])
+    raw = simulate(lists, display, user, n_impressions=60 * 60, seed=0)
+    records = [parse_reranker_record(r, "sim", i) for i, r in enumerate(raw)]
+    estimate = estimate_propensities(records, n_ranks=6)
+    np.testing.assert_allclose(estimate.propensities, user.examination(6), rtol=0.15)
+    assert estimate.propensities[0] == pytest.approx(1.0)
+
+
+def test_a_log_whose_orders_never_changed_gets_no_estimate() -> None:
+    from datamodules.propensity import estimate_propensities
+    from datamodules.reranker_records import parse_reranker_record
+
+    raw = simulate([make_list(5, {1})], FileOrder(), PositionBasedUser(), n_impressions=20)
+    records = [parse_reranker_record(r, "sim", i) for i, r in enumerate(raw)]
+    with pytest.raises(ValueError, match="never changed"):
+        estimate_propensities(records)
+
+
+def test_an_estimate_is_made_usable_for_weighting() -> None:
+    from datamodules.propensity import PropensityEstimate
+    from lightning_modules.position_bias import InversePropensityWeighting
+
+    estimate = PropensityEstimate([1.0, 1.2, 0.5, None, 0.2], pairs=[], n_records=0)
+    assert estimate.for_weighting() == [1.0, 1.0, 0.5, 0.5, 0.2]
+    InversePropensityWeighting(propensities=estimate.for_weighting())  # accepted
