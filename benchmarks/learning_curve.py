@@ -48,6 +48,7 @@ from simulation.evaluation import (  # noqa: E402
     order_scores,
     reranker_scores,
     true_label_metrics,
+    untouched_backbone,
 )
 from simulation.labelled import load_labelled_lists, wikiqa_lists  # noqa: E402
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
@@ -111,7 +112,10 @@ def fit(train_file: Path, method: str, eta: float, run_dir: Path, args) -> tuple
 def score_export(folder: Path, test_sets: dict[str, Any]) -> dict[str, dict[str, float]]:
     from lightning_modules.inference import ExportedReranker
 
-    reranker = ExportedReranker.load(folder)
+    return score_reranker(ExportedReranker.load(folder), test_sets)
+
+
+def score_reranker(reranker, test_sets: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {name: score(reranker) for name, score in test_sets.items()}
 
 
@@ -140,13 +144,6 @@ def trec_dl_test_sets(data_dir: str | None) -> dict[str, Any]:
 
         sets[f"trec_dl_{year}"] = score
     return sets
-
-
-def untouched_backbone_export(folder: Path) -> Path:
-    from lightning_modules.reranker import BiEncoderReranker
-
-    BiEncoderReranker(anchor_weight=0.0).export(folder)
-    return folder
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -194,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "baselines": {"display (BM25)": {"wikiqa_test": wikiqa_display}},
         "runs": [],
     }
-    backbone = untouched_backbone_export(work_dir / "backbone")
-    report["baselines"]["untouched backbone"] = score_export(backbone, test_sets)
+    backbone = untouched_backbone(work_dir / "backbone")
+    report["baselines"]["untouched backbone"] = score_reranker(backbone, test_sets)
     print(json.dumps(report["baselines"], indent=1), flush=True)
     display = BM25Order()
     for eta in args.eta:

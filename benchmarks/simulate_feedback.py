@@ -41,21 +41,13 @@ from simulation.display import (  # noqa: E402
     ModelOrder,
     RandomOrder,
 )
+from simulation.evaluation import untouched_backbone  # noqa: E402
 from simulation.labelled import load_labelled_lists  # noqa: E402
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
 from simulation.users import PositionBasedUser  # noqa: E402
 
 DEFAULT_INPUT = str(REPO_ROOT / "training_data" / "wikiqa_feedback.json")
 DISPLAYS = ("file", "bm25", "random", "backbone")
-
-
-def untouched_backbone(folder: Path):
-    """The packaged all-MiniLM-L6-v2, exported untouched and loaded by the app's loader."""
-    from lightning_modules.inference import ExportedReranker
-    from lightning_modules.reranker import BiEncoderReranker
-
-    BiEncoderReranker(anchor_weight=0.0).export(folder)
-    return ExportedReranker.load(folder)
 
 
 def display_policy(name: str, seed: int, work_dir: Path):

@@ -4,6 +4,7 @@ evaluation core (:func:`lightning_modules.metrics.ranking_metrics_per_query`).""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,13 @@ def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
     first = next(iter(per_query.values()))
     out["n_queries"] = int(np.sum(~np.isnan(first)))
     return out
+
+
+def untouched_backbone(folder: str | Path):
+    """The packaged all-MiniLM-L6-v2 bi-encoder, exported untouched to ``folder`` and loaded by
+    the app's loader: the model before any fine-tuning (a display policy, a baseline)."""
+    from lightning_modules.inference import ExportedReranker
+    from lightning_modules.reranker import BiEncoderReranker
+
+    BiEncoderReranker(anchor_weight=0.0).export(folder)
+    return ExportedReranker.load(folder)

@@ -52,33 +52,32 @@ def labelled_file(path, n_lists=30):
     return path
 
 
+def arguments(source, output, **options) -> list[str]:
+    """The script's command line: ``--input source --output output`` plus ``--name value``."""
+    argv = ["--input", str(source), "--query-id-prefix", "", "--output", str(output)]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
 def test_the_script_writes_a_log_and_its_oracle_and_never_overwrites(tmp_path, capsys):
     source = labelled_file(tmp_path / "labelled.json")
     out, oracle = tmp_path / "picks.json", tmp_path / "oracle.json"
-    argv = [
-        "--input",
-        str(source),
-        "--query-id-prefix",
-        "",
-        "--display",
-        "file",
-        "--eta",
-        "0",
-        "--relevant-pick",
-        "1",
-        "--irrelevant-pick",
-        "0",
-        "--impressions",
-        "60",
-        "--output",
-        str(out),
-        "--oracle-output",
-        str(oracle),
-    ]
+    argv = arguments(
+        source,
+        out,
+        display="file",
+        eta=0,
+        relevant_pick=1,
+        irrelevant_pick=0,
+        impressions=60,
+        oracle_output=oracle,
+    )
     report = simulate_feedback.main(argv)
     assert report["impressions"] == 60 and report["queries"] == 30
     assert report["share_of_picks_relevant"] == 1.0 and report["picks_per_impression"] == 2.0
     assert report["pick_rate_by_rank"][2] == 1.0 and report["pick_rate_by_rank"][0] == 0.0
+    assert report["estimated_examination"]["estimate"] is None  # one order: nothing to harvest
     picks, _ = load_reranker_feedback(out)
     truth, _ = load_reranker_feedback(oracle)
     assert [r.grades for r in picks] == [r.grades for r in truth]  # no bias, no noise
@@ -90,21 +89,9 @@ def test_the_script_writes_a_log_and_its_oracle_and_never_overwrites(tmp_path, c
 
 def test_bm25_display_with_position_bias_moves_picks_up(tmp_path):
     source = labelled_file(tmp_path / "labelled.json")
-    argv = [
-        "--input",
-        str(source),
-        "--query-id-prefix",
-        "",
-        "--display",
-        "bm25",
-        "--eta",
-        "1",
-        "--impressions",
-        "300",
-        "--output",
-        str(tmp_path / "p.json"),
-    ]
-    report = simulate_feedback.main(argv)
+    report = simulate_feedback.main(
+        arguments(source, tmp_path / "p.json", display="bm25", eta=1, impressions=300)
+    )
     rates = report["pick_rate_by_rank"]
     # the query names source 7's word: BM25 shows it first, so most picks sit at rank 1
     assert rates[0] > 0.8 and rates[0] > 3 * max(rates[1:])
