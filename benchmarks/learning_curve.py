@@ -9,6 +9,9 @@ reranker recipe is fine-tuned on those picks with each ``--methods`` entry:
 * ``additive``: a learned position term per rank during training (``AdditivePositionBias``);
 * ``ips``: inverse propensity weighting with the simulator's true propensities ``(1/k)^eta``
   (given, not estimated: the best case for IPS);
+* ``ips_estimated``: the same with propensities estimated from the log itself by intervention
+  harvesting (:mod:`datamodules.propensity`; needs ``--display bm25 backbone``, orders that
+  change between impressions);
 * ``skip_above``: unpicked sources below the lowest pick left out of training (``SkipAbove``);
 * ``oracle``: the same impressions labelled with their true grades;
 
@@ -42,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from lightning_modules.hardware import describe_cpu  # noqa: E402
-from simulation.display import BM25Order  # noqa: E402
+from simulation.display import Alternating, BM25Order, ModelOrder  # noqa: E402
 from simulation.evaluation import (  # noqa: E402
     mean_metrics,
     order_scores,
@@ -57,11 +60,21 @@ from simulation.users import PositionBasedUser  # noqa: E402
 WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
 WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-METHODS = ("naive", "additive", "ips", "skip_above", "oracle")
+METHODS = ("naive", "additive", "ips", "ips_estimated", "skip_above", "oracle")
 
 
-def position_bias_argument(method: str, eta: float) -> list[str]:
-    if method == "additive":
+def position_bias_argument(method: str, eta: float, train_file: Path) -> list[str]:
+    if method == "ips_estimated":  # intervention harvesting on the very log trained on
+        from datamodules.propensity import estimate_propensities
+        from datamodules.reranker_records import load_reranker_feedback
+
+        records, _ = load_reranker_feedback(train_file)
+        propensities = estimate_propensities(records).for_weighting()
+        spec = {
+            "class_path": "lightning_modules.position_bias.InversePropensityWeighting",
+            "init_args": {"propensities": propensities},
+        }
+    elif method == "additive":
         spec = {"class_path": "lightning_modules.position_bias.AdditivePositionBias"}
     elif method == "skip_above":
         spec = {"class_path": "lightning_modules.position_bias.SkipAbove"}
@@ -93,7 +106,7 @@ def fit(train_file: Path, method: str, eta: float, run_dir: Path, args) -> tuple
         f"--data.init_args.train_files={json.dumps([str(train_file)])}",
         f"--trainer.logger={json.dumps(loggers)}",
         "--trainer.enable_model_summary=false",
-        *position_bias_argument(method, eta),
+        *position_bias_argument(method, eta, train_file),
         *args.set,
     ]
     if args.max_epochs is not None:
@@ -146,6 +159,20 @@ def trec_dl_test_sets(data_dir: str | None) -> dict[str, Any]:
     return sets
 
 
+def display_policy(names: Sequence[str], work_dir: Path):
+    """BM25 (the default), or several orders taking turns by impression (``bm25 backbone``:
+    the app's order changing with a promotion, which ``ips_estimated`` needs)."""
+    policies = []
+    for name in names:
+        if name == "bm25":
+            policies.append(BM25Order())
+        elif name == "backbone":
+            policies.append(ModelOrder(untouched_backbone(work_dir / "display"), name="backbone"))
+        else:
+            raise ValueError(f"unknown display {name!r}: bm25 or backbone")
+    return policies[0] if len(policies) == 1 else Alternating(policies)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,7 +180,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[1000], help="impressions")
     parser.add_argument("--eta", type=float, nargs="+", default=[1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=["naive", "additive", "ips", "oracle"]
+    )
+    parser.add_argument("--display", nargs="+", default=["bm25"], help="bm25 and/or backbone")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--overlay", nargs="*", default=[], help="configs stacked after it")
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the recipe's")
@@ -194,11 +224,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     backbone = untouched_backbone(work_dir / "backbone")
     report["baselines"]["untouched backbone"] = score_reranker(backbone, test_sets)
     print(json.dumps(report["baselines"], indent=1), flush=True)
-    display = BM25Order()
+    display = display_policy(args.display, work_dir)
     for eta in args.eta:
         for n in args.n:
             for seed in args.seeds:
-                point = work_dir / f"eta{eta:g}_n{n}_seed{seed}"
+                displayed = "+".join(args.display)
+                point = work_dir / f"{displayed}_eta{eta:g}_n{n}_seed{seed}"
                 point.mkdir(parents=True, exist_ok=True)
                 user = PositionBasedUser(eta=eta)
                 records = simulate(train_lists, display, user, n_impressions=n, seed=seed)
@@ -210,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for method in args.methods:
                     train_file = oracle if method == "oracle" else picks
                     export, figures = fit(train_file, method, eta, point, args)
-                    run = {"eta": eta, "n": n, "seed": seed, "method": method, **figures}
+                    run = {"display": displayed, "eta": eta, "n": n, "seed": seed}
+                    run.update(method=method, **figures)
                     run["test"] = score_export(export, test_sets)
                     report["runs"].append(run)
                     print(json.dumps(run), flush=True)
