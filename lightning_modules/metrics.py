@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.retrieval import (
+    retrieval_average_precision,
     retrieval_normalized_dcg,
     retrieval_recall,
     retrieval_reciprocal_rank,
@@ -82,9 +83,12 @@ def ranking_metrics_per_query(
     ndcg_at: Sequence[int] = (1, 3, 5, 10),
     mrr_at: Sequence[int] = (10,),
     recall_at: Sequence[int] = (3,),
+    average_precision: bool = False,
 ) -> dict[str, torch.Tensor]:
     """NDCG@k (graded gain = label, log2 discount; Järvelin & Kekäläinen, TOIS 2002), MRR@k and
-    Recall@k (relevant = label > 0) of every list of ``scores[B, L]``, as ``[B]`` arrays.
+    Recall@k (relevant = label > 0) of every list of ``scores[B, L]``, as ``[B]`` arrays; with
+    ``average_precision``, also ``map`` (average precision over the whole list, as trec_eval's
+    ``map``).
 
     Padding (``mask`` false) is never ranked. A list without a relevant source gets NaN: the
     metrics are undefined for it, and ``trec_eval`` skips such queries. Ties in scores are
@@ -92,7 +96,7 @@ def ranking_metrics_per_query(
     """
     ranks = rank_scores(scores, mask).cpu()
     labels, mask = labels.float().cpu(), mask.cpu()
-    names = ranking_metric_names(ndcg_at, mrr_at, recall_at)
+    names = ranking_metric_names(ndcg_at, mrr_at, recall_at) + (["map"] * average_precision)
     out = torch.full((len(names), scores.shape[0]), float("nan"), dtype=torch.float64)
     for row in range(scores.shape[0]):
         preds, target = ranks[row][mask[row]], labels[row][mask[row]]
@@ -102,6 +106,8 @@ def ranking_metrics_per_query(
         values = [retrieval_normalized_dcg(preds, target, top_k=k) for k in ndcg_at]
         values += [retrieval_reciprocal_rank(preds, relevant, top_k=k) for k in mrr_at]
         values += [retrieval_recall(preds, relevant, top_k=k) for k in recall_at]
+        if average_precision:
+            values.append(retrieval_average_precision(preds, relevant))
         out[:, row] = torch.stack([v.double() for v in values])
     return dict(zip(names, out, strict=True))
 

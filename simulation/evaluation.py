@@ -16,10 +16,13 @@ from simulation.labelled import LabelledList
 
 
 def true_label_metrics(
-    lists: Sequence[LabelledList], scores: Sequence[Sequence[float]]
+    lists: Sequence[LabelledList],
+    scores: Sequence[Sequence[float]],
+    average_precision: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per-query NDCG@k / MRR@10 / Recall@3 of ``scores`` (one array per list) against the
-    lists' true grades; NaN for a list without a relevant source (skipped in means)."""
+    """Per-query NDCG@k / MRR@10 / Recall@3 (and MAP) of ``scores`` (one array per list)
+    against the lists' true grades; NaN for a list without a relevant source (skipped in
+    means)."""
     width = max((len(item.sources) for item in lists), default=0)
     padded = torch.zeros(len(lists), width, dtype=torch.float64)
     labels = torch.zeros(len(lists), width)
@@ -31,7 +34,8 @@ def true_label_metrics(
         padded[row, :n] = torch.as_tensor(np.asarray(row_scores, dtype=np.float64))
         labels[row, :n] = torch.tensor(item.grades)
         mask[row, :n] = True
-    return {k: v.numpy() for k, v in ranking_metrics_per_query(padded, labels, mask).items()}
+    per_query = ranking_metrics_per_query(padded, labels, mask, average_precision=average_precision)
+    return {k: v.numpy() for k, v in per_query.items()}
 
 
 def order_scores(orders: Sequence[Sequence[int]]) -> list[np.ndarray]:

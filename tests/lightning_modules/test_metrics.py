@@ -133,3 +133,13 @@ def test_position_metrics_match_hand_computed_values_and_scipy_kendall() -> None
         n = int(mask[row].sum())
         tau = kendalltau(scores[row, :n].numpy(), -display[row, :n].numpy()).statistic
         assert got["kendall_tau"][row].item() == pytest.approx(tau)
+
+
+def test_average_precision_equals_pytrec_eval_map():
+    from lightning_modules.metrics import ranking_metrics_per_query
+
+    scores, labels, mask = padded_batch(LISTS)
+    ours = ranking_metrics_per_query(scores, labels, mask, average_precision=True)["map"]
+    expected = trec_eval(LISTS, {"map"})
+    for q in range(len(LISTS)):
+        assert ours[q].item() == pytest.approx(expected[f"q{q}"]["map"], abs=1e-6)
