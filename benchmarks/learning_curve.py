@@ -53,12 +53,15 @@ from simulation.evaluation import (  # noqa: E402
     true_label_metrics,
     untouched_backbone,
 )
-from simulation.labelled import load_labelled_lists, wikiqa_lists  # noqa: E402
+from simulation.labelled import (  # noqa: E402
+    WIKIQA_FEEDBACK,
+    WIKIQA_GROUPED,
+    load_labelled_lists,
+    wikiqa_lists,
+)
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
 from simulation.users import PositionBasedUser  # noqa: E402
 
-WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
-WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
 METHODS = ("naive", "additive", "ips", "ips_estimated", "skip_above", "oracle")
 

@@ -47,11 +47,15 @@ from simulation.evaluation import (  # noqa: E402
     true_label_metrics,
     untouched_backbone,
 )
-from simulation.labelled import LabelledList, load_labelled_lists, wikiqa_lists  # noqa: E402
+from simulation.labelled import (  # noqa: E402
+    WIKIQA_DEV,
+    WIKIQA_FEEDBACK,
+    WIKIQA_GROUPED,
+    LabelledList,
+    load_labelled_lists,
+    wikiqa_lists,
+)
 
-WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
-WIKIQA_DEV = REPO_ROOT / "training_data" / "wikiqa_dev_canary.json"
-WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
 SYSTEMS = ("display", "backbone", "ours", "st-cross-encoder")
 

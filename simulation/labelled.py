@@ -15,6 +15,13 @@ from pathlib import Path
 from datamodules.feedback import RerankerRecord, Source
 from datamodules.reranker_records import load_reranker_feedback
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# WikiQA as the benchmarks read it: train + dev labels shipped in the app's format, dev alone
+# (the gate's canary, where the benchmarks choose), and the data set's grouped file for test
+WIKIQA_FEEDBACK = REPO_ROOT / "training_data" / "wikiqa_feedback.json"
+WIKIQA_DEV = REPO_ROOT / "training_data" / "wikiqa_dev_canary.json"
+WIKIQA_GROUPED = REPO_ROOT.parent / "shared" / "data" / "wikiqa" / "wikiqa_grouped.jsonl"
+
 
 @dataclass(frozen=True)
 class LabelledList:
