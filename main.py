@@ -154,7 +154,16 @@ class FeedbackTrainer(L.Trainer):
 
 class SaveAndLogConfig(SaveConfigCallback):
     """Writes ``config.yaml`` next to the logs (Lightning's default) and sends the same full,
-    resolved config to every W&B run, so that a dashboard can filter and group by any knob."""
+    resolved config to every W&B run, so that a dashboard can filter and group by any knob.
+
+    A trainer without loggers (``logger: false``; the promotion gate scores with its loggers
+    off) has no log folder: Lightning would write ``config.yaml`` into ``default_root_dir``,
+    the working directory, replacing any file of that name there. Nothing is written then."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.loggers:
+            return
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))

@@ -191,6 +191,8 @@ def test_the_canary_refuses_a_candidate_that_forgets_and_must_not_be_trained_on(
         assert check["n_queries"] == 12 and check["metric"] == "ndcg@10"
         assert check["delta"] == pytest.approx(check["candidate"] - check["deployed"])
     assert lenient["canary"]["candidate"] == strict["canary"]["candidate"]
+    # the gate scores with its loggers off: nothing lands in the run's root (the user's folder)
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "samples").exists()
     assert "Canary (" in (tmp_path / "strict" / "promotion_report.md").read_text()
 
     with pytest.raises(ValueError, match="in the training feedback"):
