@@ -45,7 +45,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from deployment.bootstrap import MetricComparison, SystemResult, compare_systems
 from deployment.versions import Deployment
@@ -125,11 +124,6 @@ def evaluate(
         )
     index, values = results["model"]
     _, display = results["display"]
-    position_index, position = results["model_position"]
-    _, display_position = results["display_position"]
-    if not torch.equal(index, position_index):  # both keep the queries with a pick
-        raise RuntimeError("ranking and position metrics cover different held-out queries")
-    values, display = {**values, **position}, {**display, **display_position}
     return (
         index.numpy(),
         SystemResult("model", {m: values[m].double().numpy() for m in RANKING_METRICS}),

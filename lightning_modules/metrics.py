@@ -112,11 +112,19 @@ def ranking_metrics_per_query(
     return dict(zip(names, out, strict=True))
 
 
+# the position metrics (:func:`position_metrics_per_query`) that describe agreement with the
+# display order rather than how good a ranking is: no display baseline or lift for them
+AGREEMENT_METRICS = ("top3_overlap", "kendall_tau")
+
+
 class RankingMetrics(Metric):
     """Per-query ranking metrics over an evaluation, gathered across batches and processes.
 
     ``compute()`` is the mean over the queries that have a relevant source (0 if none has);
-    ``per_query()`` gives each query's values, by query index, for paired comparisons.
+    ``per_query()`` gives each query's values, by query index, for paired comparisons. With
+    ``propensities`` (examination by display rank), :func:`position_metrics_per_query` is
+    computed for the same queries too (``ips_dcg@10`` and the agreement with the display);
+    ``update_lists`` then needs the lists' ``display_rank``.
     """
 
     full_state_update = False
@@ -126,10 +134,16 @@ class RankingMetrics(Metric):
         ndcg_at: tuple[int, ...] = (1, 3, 5, 10),
         mrr_at: tuple[int, ...] = (10,),
         recall_at: tuple[int, ...] = (3,),
+        propensities: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.ks = {"ndcg_at": ndcg_at, "mrr_at": mrr_at, "recall_at": recall_at}
         self.names = ranking_metric_names(ndcg_at, mrr_at, recall_at)
+        self.n_ranking = len(self.names)
+        self.propensities = None
+        if propensities is not None:
+            self.propensities = torch.tensor(list(propensities), dtype=torch.float64)
+            self.names += ["ips_dcg@10", *AGREEMENT_METRICS]
         self.add_state("query_index", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")  # [N, metrics]
 
@@ -139,33 +153,41 @@ class RankingMetrics(Metric):
         labels: torch.Tensor,
         mask: torch.Tensor,
         query_index: torch.Tensor,
+        display_rank: torch.Tensor | None = None,
     ) -> None:
         """Add a batch of lists; ``query_index[B]`` must identify each query uniquely."""
-        self.update(scores, labels, mask, query_index)
+        self.update(scores, labels, mask, query_index, display_rank)
 
-    def update(self, scores, labels, mask, query_index) -> None:
+    def update(self, scores, labels, mask, query_index, display_rank=None) -> None:
         per_query = ranking_metrics_per_query(scores, labels, mask, **self.ks)
+        if self.propensities is not None:
+            if display_rank is None:
+                raise ValueError("RankingMetrics with propensities needs the display_rank")
+            per_query |= position_metrics_per_query(
+                scores, labels, mask, display_rank, self.propensities
+            )
         values = torch.stack([per_query[name] for name in self.names], dim=1)
         self.query_index.append(query_index.detach().long().to(self.device))
         self.values.append(values.float().to(self.device))  # (float32: MPS has no float64)
 
     def per_query(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Query indices (sorted) and, for each metric, the values of the queries that have a
-        relevant source (the others are dropped)."""
+        relevant source (the others are dropped). Kendall's tau is NaN for a one-source list."""
         if _is_empty(self.query_index):
             return torch.zeros(0, dtype=torch.long), {n: torch.zeros(0) for n in self.names}
         index, values = dim_zero_cat(self.query_index), dim_zero_cat(self.values)
         order = torch.argsort(index, stable=True)
         index, values = index[order], values[order]
-        kept = ~torch.isnan(values).any(1)
+        kept = ~torch.isnan(values[:, : self.n_ranking]).any(1)
         return index[kept], {n: values[kept, i] for i, n in enumerate(self.names)}
 
     def compute(self) -> dict[str, torch.Tensor]:
         _, values = self.per_query()
-        return {
-            name: (v.mean() if len(v) else torch.tensor(0.0, dtype=torch.float64)).float()
-            for name, v in values.items()
-        }
+        out = {}
+        for name, v in values.items():
+            v = v[~torch.isnan(v)]
+            out[name] = (v.mean() if len(v) else torch.tensor(0.0, dtype=torch.float64)).float()
+        return out
 
 
 def position_metrics_per_query(
@@ -221,51 +243,6 @@ def position_metrics_per_query(
         f"top{overlap_at}_overlap": torch.where(n > 0, overlap, nan),
         "kendall_tau": tau,
     }
-
-
-class PositionMetrics(Metric):
-    """Per-query :func:`position_metrics_per_query` over an evaluation, gathered like
-    :class:`RankingMetrics`; ``compute()`` averages each over the lists where it is defined,
-    ``per_query()`` keeps them by query index for the gate."""
-
-    full_state_update = False
-
-    def __init__(self, propensities: Sequence[float]) -> None:
-        super().__init__()
-        self.propensities = torch.tensor(list(propensities), dtype=torch.float64)
-        self.names = ["ips_dcg@10", "top3_overlap", "kendall_tau"]
-        self.add_state("query_index", default=[], dist_reduce_fx="cat")
-        self.add_state("values", default=[], dist_reduce_fx="cat")
-
-    def update(self, scores, labels, mask, display_rank, query_index) -> None:
-        per_query = position_metrics_per_query(
-            scores, labels, mask, display_rank, self.propensities
-        )
-        values = torch.stack([per_query[name] for name in self.names], dim=1)
-        self.query_index.append(query_index.detach().long().to(self.device))
-        self.values.append(values.float().to(self.device))
-
-    def per_query(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Query indices (sorted) and each metric's values, for the queries with a pick (those
-        :meth:`RankingMetrics.per_query` keeps)."""
-        if _is_empty(self.query_index):
-            return torch.zeros(0, dtype=torch.long), {n: torch.zeros(0) for n in self.names}
-        index, values = dim_zero_cat(self.query_index), dim_zero_cat(self.values)
-        order = torch.argsort(index, stable=True)
-        index, values = index[order], values[order]
-        kept = ~torch.isnan(values[:, 0])
-        return index[kept], {n: values[kept, i] for i, n in enumerate(self.names)}
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        if _is_empty(self.values):
-            return {name: torch.tensor(0.0) for name in self.names}
-        values = dim_zero_cat(self.values)
-        out = {}
-        for i, name in enumerate(self.names):
-            column = values[:, i]
-            column = column[~torch.isnan(column)]
-            out[name] = column.mean() if len(column) else torch.tensor(0.0)
-        return out
 
 
 # -- rewriting -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from lightning_modules.losses import (
     SoftmaxCrossEntropyLoss,
     listwise_distillation,
 )
-from lightning_modules.metrics import PositionMetrics, RankingMetrics
+from lightning_modules.metrics import AGREEMENT_METRICS, RankingMetrics
 from lightning_modules.position_bias import NaivePositions
 
 log = logging.getLogger(__name__)
@@ -143,16 +143,14 @@ class RerankerModule(FeedbackModule):
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=trust_remote_code
         )
-        self.val_metrics = RankingMetrics()
-        self.val_display_metrics = RankingMetrics()
-        self.test_metrics = RankingMetrics()
-        self.test_display_metrics = RankingMetrics()
         if eval_propensity_eta < 0:
             raise ValueError(f"eval_propensity_eta must be >= 0, got {eval_propensity_eta}")
         self.eval_propensities = [(1.0 / k) ** eval_propensity_eta for k in range(1, 11)]
         for stage in ("val", "test"):
-            for system in ("position", "display_position"):
-                setattr(self, f"{stage}_{system}_metrics", PositionMetrics(self.eval_propensities))
+            for system in ("metrics", "display_metrics"):
+                setattr(
+                    self, f"{stage}_{system}", RankingMetrics(propensities=self.eval_propensities)
+                )
 
     # -- to implement ----------------------------------------------------------------------
 
@@ -229,18 +227,12 @@ class RerankerModule(FeedbackModule):
         scores = self.score_batch(batch)
         size = batch.labels.shape[0]
         self.log(f"{stage}/loss", self.loss(scores, batch.labels, batch.mask), batch_size=size)
-        getattr(self, f"{stage}_metrics").update_lists(
-            scores, batch.labels, batch.mask, batch.record_index
-        )
-        getattr(self, f"{stage}_display_metrics").update_lists(
-            batch.display_scores, batch.labels, batch.mask, batch.record_index
-        )
         for system, system_scores in (
-            ("position", scores),
-            ("display_position", batch.display_scores),
+            ("metrics", scores),
+            ("display_metrics", batch.display_scores),
         ):
-            getattr(self, f"{stage}_{system}_metrics").update(
-                system_scores, batch.labels, batch.mask, batch.display_rank, batch.record_index
+            getattr(self, f"{stage}_{system}").update_lists(
+                system_scores, batch.labels, batch.mask, batch.record_index, batch.display_rank
             )
         room = self.num_logged_examples - len(self._examples)
         if room > 0:
@@ -255,33 +247,18 @@ class RerankerModule(FeedbackModule):
         model_values, display_values = model.compute(), display.compute()
         logged = {}
         for name, value in model_values.items():
+            if name in AGREEMENT_METRICS:  # the model's agreement with the display itself
+                logged[f"{stage}/agreement/{name}"] = value
+                continue
             logged[f"{stage}/{name}"] = value
             logged[f"{stage}/display/{name}"] = display_values[name]
             logged[f"{stage}/lift/{name}"] = value - display_values[name]
-        position = getattr(self, f"{stage}_position_metrics")
-        display_position = getattr(self, f"{stage}_display_position_metrics")
-        ips, display_ips = position.compute(), display_position.compute()
-        logged[f"{stage}/ips_dcg@10"] = ips["ips_dcg@10"]
-        logged[f"{stage}/display/ips_dcg@10"] = display_ips["ips_dcg@10"]
-        logged[f"{stage}/lift/ips_dcg@10"] = ips["ips_dcg@10"] - display_ips["ips_dcg@10"]
-        for name in ("top3_overlap", "kendall_tau"):
-            logged[f"{stage}/agreement/{name}"] = ips[name]
         headline = f"{stage}/ndcg@10"
         self.log(headline, logged.pop(headline), prog_bar=True)
         self.log_dict(logged)
-        self.keep_evaluation(
-            stage,
-            {
-                "model": model.per_query(),
-                "display": display.per_query(),
-                "model_position": position.per_query(),
-                "display_position": display_position.per_query(),
-            },
-        )
+        self.keep_evaluation(stage, {"model": model.per_query(), "display": display.per_query()})
         model.reset()
         display.reset()
-        position.reset()
-        display_position.reset()
         self._log_examples(stage)
 
     def _log_examples(self, stage: str) -> None:

@@ -143,3 +143,29 @@ def test_average_precision_equals_pytrec_eval_map():
     expected = trec_eval(LISTS, {"map"})
     for q in range(len(LISTS)):
         assert ours[q].item() == pytest.approx(expected[f"q{q}"]["map"], abs=1e-6)
+
+
+def test_ranking_metrics_with_propensities_keep_one_source_lists_and_the_position_values():
+    from lightning_modules.metrics import position_metrics_per_query
+
+    # row 0: a real list; row 1: one source, picked (tau undefined, NDCG defined); row 2: no pick
+    scores = torch.tensor([[0.2, 0.9, 0.1], [1.0, 0.0, 0.0], [0.3, 0.2, 0.1]])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False], [True, True, True]])
+    display = torch.tensor([[0, 1, 2], [0, 0, 0], [2, 1, 0]])
+    propensities = [1.0, 0.5, 0.25]
+    metrics = RankingMetrics(propensities=propensities)
+    metrics.update_lists(scores, labels, mask, torch.arange(3), display)
+    index, values = metrics.per_query()
+    assert index.tolist() == [0, 1]  # the list without a pick is dropped, the one-source kept
+    expected = position_metrics_per_query(scores, labels, mask, display, torch.tensor(propensities))
+    for name in ("ips_dcg@10", "top3_overlap"):
+        torch.testing.assert_close(values[name].double(), expected[name][:2], rtol=1e-6, atol=0)
+    assert torch.isnan(values["kendall_tau"][1])
+    mean = metrics.compute()
+    assert mean["kendall_tau"].item() == pytest.approx(expected["kendall_tau"][0].item())
+    assert mean["ndcg@10"].item() == pytest.approx(values["ndcg@10"].mean().item())
+    with pytest.raises(ValueError, match="display_rank"):
+        RankingMetrics(propensities=propensities).update_lists(
+            scores, labels, mask, torch.arange(3)
+        )
