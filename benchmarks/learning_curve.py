@@ -45,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from lightning_modules.hardware import describe_cpu  # noqa: E402
-from simulation.display import Alternating, BM25Order, ModelOrder  # noqa: E402
+from simulation.display import DISPLAYS, BM25Order, display_policy  # noqa: E402
 from simulation.evaluation import (  # noqa: E402
     mean_metrics,
     order_scores,
@@ -162,20 +162,6 @@ def trec_dl_test_sets(data_dir: str | None) -> dict[str, Any]:
     return sets
 
 
-def display_policy(names: Sequence[str], work_dir: Path):
-    """BM25 (the default), or several orders taking turns by impression (``bm25 backbone``:
-    the app's order changing with a promotion, which ``ips_estimated`` needs)."""
-    policies = []
-    for name in names:
-        if name == "bm25":
-            policies.append(BM25Order())
-        elif name == "backbone":
-            policies.append(ModelOrder(untouched_backbone(work_dir / "display"), name="backbone"))
-        else:
-            raise ValueError(f"unknown display {name!r}: bm25 or backbone")
-    return policies[0] if len(policies) == 1 else Alternating(policies)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,7 +172,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS, default=["naive", "additive", "ips", "oracle"]
     )
-    parser.add_argument("--display", nargs="+", default=["bm25"], help="bm25 and/or backbone")
+    parser.add_argument(
+        "--display",
+        nargs="+",
+        choices=DISPLAYS,
+        default=["bm25"],
+        help="several: they take turns by impression (ips_estimated needs bm25 backbone)",
+    )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--overlay", nargs="*", default=[], help="configs stacked after it")
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the recipe's")
@@ -227,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     backbone = untouched_backbone(work_dir / "backbone")
     report["baselines"]["untouched backbone"] = score_reranker(backbone, test_sets)
     print(json.dumps(report["baselines"], indent=1), flush=True)
-    display = display_policy(args.display, work_dir)
+    display = display_policy(args.display, work_dir / "display", seed=args.seeds[0])
     for eta in args.eta:
         for n in args.n:
             for seed in args.seeds:

@@ -34,32 +34,12 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from simulation.display import (  # noqa: E402
-    Alternating,
-    BM25Order,
-    FileOrder,
-    ModelOrder,
-    RandomOrder,
-)
-from simulation.evaluation import untouched_backbone  # noqa: E402
+from simulation.display import DISPLAYS, display_policy  # noqa: E402
 from simulation.labelled import load_labelled_lists  # noqa: E402
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
 from simulation.users import PositionBasedUser  # noqa: E402
 
 DEFAULT_INPUT = str(REPO_ROOT / "training_data" / "wikiqa_feedback.json")
-DISPLAYS = ("file", "bm25", "random", "backbone")
-
-
-def display_policy(name: str, seed: int, work_dir: Path):
-    if name == "file":
-        return FileOrder()
-    if name == "random":
-        return RandomOrder(seed=seed)
-    if name == "bm25":
-        return BM25Order()
-    if name == "backbone":
-        return ModelOrder(untouched_backbone(work_dir / "backbone"), name="backbone")
-    raise ValueError(f"unknown display {name!r}: one of {', '.join(DISPLAYS)}")
 
 
 def summary(records: Sequence[dict[str, Any]], user: PositionBasedUser, shown: int) -> dict:
@@ -132,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_grade=args.max_grade,
     )
     with tempfile.TemporaryDirectory(prefix="simulate-") as work_dir:
-        policies = [display_policy(name, args.seed, Path(work_dir)) for name in args.display]
-        display = policies[0] if len(policies) == 1 else Alternating(policies)
+        display = display_policy(args.display, work_dir, seed=args.seed)
         records = simulate(
             lists, display, user, n_impressions=args.impressions, shown=args.shown, seed=args.seed
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -119,3 +120,30 @@ class Alternating:
 
     def order(self, lists: Sequence[LabelledList]) -> list[list[int]]:
         return self.policies[0].order(lists)
+
+
+DISPLAYS = ("file", "bm25", "random", "backbone")
+
+
+def display_policy(names: Sequence[str], work_dir: str | Path, seed: int = 0) -> DisplayPolicy:
+    """The policy the benchmarks' ``--display`` names: one of :data:`DISPLAYS`, or several
+    taking turns by impression (:class:`Alternating`). ``backbone`` exports the untouched model
+    under ``work_dir`` to score with."""
+    policies: list[DisplayPolicy] = []
+    for name in names:
+        if name == "file":
+            policies.append(FileOrder())
+        elif name == "random":
+            policies.append(RandomOrder(seed=seed))
+        elif name == "bm25":
+            policies.append(BM25Order())
+        elif name == "backbone":
+            from simulation.evaluation import untouched_backbone
+
+            model = untouched_backbone(Path(work_dir) / "backbone")
+            policies.append(ModelOrder(model, name="backbone"))
+        else:
+            raise ValueError(f"unknown display {name!r}: one of {', '.join(DISPLAYS)}")
+    if not policies:
+        raise ValueError("no display policy named")
+    return policies[0] if len(policies) == 1 else Alternating(policies)

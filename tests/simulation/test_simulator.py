@@ -193,3 +193,14 @@ def test_an_estimate_is_made_usable_for_weighting() -> None:
     estimate = PropensityEstimate([1.0, 1.2, 0.5, None, 0.2], pairs=[], n_records=0)
     assert estimate.for_weighting() == [1.0, 1.0, 0.5, 0.5, 0.2]
     InversePropensityWeighting(propensities=estimate.for_weighting())  # accepted
+
+
+def test_display_policy_builds_what_the_benchmarks_name(tmp_path) -> None:
+    from simulation.display import Alternating, display_policy
+
+    assert isinstance(display_policy(["bm25"], tmp_path), BM25Order)
+    both = display_policy(["file", "random"], tmp_path, seed=4)
+    assert isinstance(both, Alternating) and both.name == "file+random"
+    assert both.policies[1] == RandomOrder(seed=4)
+    with pytest.raises(ValueError, match="unknown display"):
+        display_policy(["alphabetical"], tmp_path)
