@@ -105,12 +105,9 @@ def estimate_propensities(
         )
     connected = _connected_to_first(pairs >= min_pairs)
     a, b, w = np.array(rows), np.array(targets), np.sqrt(np.array(weights, dtype=float))
-    anchor = np.zeros(n_ranks)
-    anchor[0] = 1.0
-    big = 1e3 * w.max()  # log p_1 = 0, as a heavily weighted equation
-    a = np.vstack([a * w[:, None], big * anchor])
-    b = np.concatenate([b * w, [0.0]])
-    log_p, *_ = np.linalg.lstsq(a, b, rcond=None)
+    # log p_1 = 0: rank 1's column leaves the system, the other ranks are solved for
+    solution, *_ = np.linalg.lstsq((a * w[:, None])[:, 1:], b * w, rcond=None)
+    log_p = np.concatenate([[0.0], solution])
     propensities = [float(np.exp(log_p[k])) if connected[k] else None for k in range(n_ranks)]
     return PropensityEstimate(propensities, pairs.tolist(), len(records))
 
