@@ -65,6 +65,8 @@ def module_from_export(template: L.LightningModule, folder: str | Path) -> L.Lig
     hparams["init_from"] = str(folder)
     if "anchor_weight" in hparams:  # no frozen copy: nothing is trained here
         hparams["anchor_weight"] = 0.0
+    if "display_prior_weights" in hparams:  # nothing fitted here: the export's own weight ranks
+        hparams["display_prior_weights"] = None
     return type(template)(**hparams)
 
 

@@ -26,6 +26,10 @@ text of a batch, ``longest_first`` truncation at the export's ``max_length``, me
 normalisation as the folder's ``modules.json`` says), so their scores match the ``torch`` ones
 to float precision (fp32) or to quantisation error (int8). Scores are cosine similarities (or
 dot products) for a bi-encoder, logits for a cross-encoder: only their order means something.
+
+An export fitted with a display prior (``display_prior_weights`` in training; its weight in
+``feedback_finetuning.json``) mixes those scores with the order the sources were given in,
+which must then be the order the app showed them in (:mod:`lightning_modules.display_prior`).
 """
 
 from __future__ import annotations
@@ -125,19 +129,41 @@ class ExportedReranker:
         return int(self.metadata.get("max_text_chars") or DEFAULT_MAX_TEXT_CHARS)
 
     @property
+    def display_prior_weight(self) -> float:
+        """The display prior's weight (0: none; the model's scores alone)."""
+        return float((self.metadata.get("display_prior") or {}).get("weight", 0.0))
+
+    @property
     def description(self) -> str:
-        return f"{self.architecture} {self.folder} with backend {self.backend} ({self._engine})"
+        prior = self.display_prior_weight
+        mixed = f", mixed with the display rank at weight {prior:g}" if prior else ""
+        return (
+            f"{self.architecture} {self.folder} with backend {self.backend} ({self._engine}){mixed}"
+        )
 
     def render(self, source: Any) -> str:
         """The text the model reads for a source (a dict with title/url/snippet, or a Source)."""
         return render_document(self.document_template, _as_source(source), self.max_text_chars)
 
     def score(self, query: str, documents: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        """Scores of already rendered ``documents`` for ``query`` (float64, higher is better)."""
+        """Scores of already rendered ``documents`` for ``query`` (float64, higher is better),
+        given in the order the app showed them (which a display prior mixes in)."""
         if not documents:
             return np.zeros(0)
         query = clip_text(query, self.max_text_chars)
-        return np.asarray(self._engine.score(query, list(documents), batch_size), np.float64)
+        scores = np.asarray(self._engine.score(query, list(documents), batch_size), np.float64)
+        if self.display_prior_weight:
+            import torch
+
+            from lightning_modules.display_prior import mix_with_display
+
+            row = torch.from_numpy(scores)[None]
+            shown = torch.arange(len(scores))[None]
+            mixed = mix_with_display(
+                row, shown, torch.ones_like(shown, dtype=torch.bool), self.display_prior_weight
+            )
+            scores = mixed[0].numpy()
+        return scores
 
     def score_sources(
         self, query: str, sources: Sequence[Any], *, batch_size: int = 32

@@ -27,6 +27,7 @@ from transformers import (
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
+from lightning_modules.display_prior import FITTED_ON, check_weights, mix_with_display
 from lightning_modules.encoding import (
     BiEncoderInputs,
     ChunkedInputs,
@@ -84,6 +85,17 @@ class RerankerModule(FeedbackModule):
             activations in the backward pass, one chunk at a time (``torch.utils.checkpoint``,
             dropout masks replayed): the activation memory of one chunk instead of the whole
             batch, for one more forward pass a step.
+        position_bias: how training treats the display rank of the picks
+            (:mod:`lightning_modules.position_bias`; default: naive, the picks as they are).
+        eval_propensity_eta: examination propensities ``(1/k)^eta`` by display rank ``k`` that
+            the debiased validation metric ``ips_dcg@10`` weights picks with.
+        display_prior_weights: fit the display prior (:mod:`lightning_modules.display_prior`):
+            at every validation epoch, the weight of this grid (ascending, from 0) whose mix of
+            the model's score with the display rank maximises ``val/ips_dcg@10`` is chosen and
+            logged (``val/display_prior/*``), and the export carries it: the app's loader then
+            ranks with the mix. The other validation metrics stay the model's alone. None (the
+            default): no prior fitted; a warm start (``init_from``) that has one keeps ranking
+            with its weight.
     """
 
     architecture: str = ""
@@ -108,6 +120,7 @@ class RerankerModule(FeedbackModule):
         chunk_checkpointing: bool = False,
         position_bias: NaivePositions | None = None,
         eval_propensity_eta: float = 1.0,
+        display_prior_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "position_bias"])
@@ -145,12 +158,25 @@ class RerankerModule(FeedbackModule):
         )
         if eval_propensity_eta < 0:
             raise ValueError(f"eval_propensity_eta must be >= 0, got {eval_propensity_eta}")
+        self.eval_propensity_eta = eval_propensity_eta
         self.eval_propensities = [(1.0 / k) ** eval_propensity_eta for k in range(1, 11)]
         for stage in ("val", "test"):
             for system in ("metrics", "display_metrics"):
                 setattr(
                     self, f"{stage}_{system}", RankingMetrics(propensities=self.eval_propensities)
                 )
+        # The display prior: the weight it ranks with (saved in checkpoints), and the grid it
+        # is fitted on, one evaluation state per candidate weight.
+        prior = ((self.init_metadata or {}).get("display_prior") or {}).get("weight", 0.0)
+        self.register_buffer("display_prior_weight", torch.tensor(float(prior)))
+        self.display_prior_weights = (
+            None if display_prior_weights is None else check_weights(display_prior_weights)
+        )
+        if self.display_prior_weights is not None:
+            self.val_prior_metrics = torch.nn.ModuleList(
+                RankingMetrics(propensities=self.eval_propensities)
+                for _ in self.display_prior_weights
+            )
 
     # -- to implement ----------------------------------------------------------------------
 
@@ -223,8 +249,36 @@ class RerankerModule(FeedbackModule):
     def extra_parameter_groups(self) -> list[dict[str, Any]]:
         return self.position_bias.parameter_groups()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the display prior existed: keep the weight it has now
+        state_dict.setdefault(f"{prefix}display_prior_weight", self.display_prior_weight.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fits_display_prior(self, stage: str) -> bool:
+        return self.display_prior_weights is not None and stage == "val"
+
+    def ranking_scores(self, batch: RerankBatch) -> torch.Tensor:
+        """What the model ranks a batch's lists by in evaluation and prediction: its scores,
+        mixed with the display rank where a display prior has been fitted."""
+        return mix_with_display(
+            self.score_batch(batch),
+            batch.display_rank,
+            batch.mask,
+            float(self.display_prior_weight),
+        )
+
     def evaluation_step(self, batch: RerankBatch, stage: str) -> None:
-        scores = self.score_batch(batch)
+        if self.fits_display_prior(stage):  # the model alone; the mix per candidate weight
+            scores = self.score_batch(batch)
+            for weight, metrics in zip(
+                self.display_prior_weights, self.val_prior_metrics, strict=True
+            ):
+                mixed = mix_with_display(scores, batch.display_rank, batch.mask, weight)
+                metrics.update_lists(
+                    mixed, batch.labels, batch.mask, batch.record_index, batch.display_rank
+                )
+        else:
+            scores = self.ranking_scores(batch)
         size = batch.labels.shape[0]
         self.log(f"{stage}/loss", self.loss(scores, batch.labels, batch.mask), batch_size=size)
         for system, system_scores in (
@@ -259,7 +313,34 @@ class RerankerModule(FeedbackModule):
         self.keep_evaluation(stage, {"model": model.per_query(), "display": display.per_query()})
         model.reset()
         display.reset()
+        if self.fits_display_prior(stage):
+            self._fit_display_prior(stage)
         self._log_examples(stage)
+
+    def _fit_display_prior(self, stage: str) -> None:
+        """Choose the grid's weight with the best debiased ``ips_dcg@10`` (the first, smallest,
+        on a tie) and log the mix's metrics under ``<stage>/display_prior/``."""
+        candidates = [metrics.compute() for metrics in self.val_prior_metrics]
+        for metrics in self.val_prior_metrics:
+            metrics.reset()
+        values = [float(c[FITTED_ON]) for c in candidates]
+        best = max(range(len(values)), key=lambda i: (values[i], -i))
+        weight = self.display_prior_weights[best]
+        self.display_prior_weight.fill_(weight)
+        log.info(
+            "Display prior: weight %g (%s/%s by weight: %s)",
+            weight,
+            stage,
+            FITTED_ON,
+            ", ".join(
+                f"{w:g}: {v:.4f}" for w, v in zip(self.display_prior_weights, values, strict=True)
+            ),
+        )
+        logged = {f"{stage}/display_prior/weight": torch.tensor(weight)}
+        for name, value in candidates[best].items():
+            if name not in AGREEMENT_METRICS:
+                logged[f"{stage}/display_prior/{name}"] = value
+        self.log_dict(logged)
 
     def _log_examples(self, stage: str) -> None:
         """The first evaluation lists as the model reranked them, the user's picks marked."""
@@ -283,7 +364,7 @@ class RerankerModule(FeedbackModule):
 
     def predict_step(self, batch: RerankBatch, batch_idx: int) -> list[dict[str, Any]]:
         """For each query: its record index and the display positions, best first, with scores."""
-        scores = self.score_batch(batch).float().cpu()
+        scores = self.ranking_scores(batch).float().cpu()
         out = []
         for row, positions in enumerate(batch.positions):
             row_scores = scores[row, : len(positions)]
@@ -320,6 +401,21 @@ class RerankerModule(FeedbackModule):
             "document_template": document_template,
             "max_length": self.max_length,
             "max_query_length": self.max_query_length,
+            **self.display_prior_metadata(),
+        }
+
+    def display_prior_metadata(self) -> dict[str, Any]:
+        """What the app's loader needs to rank with the prior (nothing when there is none)."""
+        weight = float(self.display_prior_weight)
+        if self.display_prior_weights is None and weight == 0:
+            return {}
+        return {
+            "display_prior": {
+                "weight": weight,
+                "formula": "z(score) + weight * z(-display rank), z within each request",
+                "fitted_on": f"val/{FITTED_ON}, propensities (1/k)^{self.eval_propensity_eta:g}",
+                "grid": list(self.display_prior_weights or [weight]),
+            }
         }
 
     def export(

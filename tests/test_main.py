@@ -209,6 +209,7 @@ JOBS = [
     ("reranker.yaml", "position_ips.yaml"),
     ("reranker.yaml", "position_skip_above.yaml"),
     ("reranker.yaml", "select_debiased.yaml"),
+    ("reranker.yaml", "display_prior.yaml"),
     ("query_rewriting_offline.yaml",),
     ("query_rewriting_offline.yaml", "query_rewriting.yaml"),
 ]
@@ -313,6 +314,35 @@ def test_fit_in_skip_mode_trains_and_reports_what_it_dropped(
     report = cli.datamodule.reports["train"]
     assert (report.read, report.kept, report.n_dropped) == (42, 41, 1)
     assert "val/ndcg@10" in cli.trainer.callback_metrics
+
+
+@pytest.mark.slow  # end-to-end fit through the CLI
+def test_a_fit_with_the_display_prior_exports_the_weight_of_its_best_checkpoint(
+    tmp_path, tiny_backbone, feedback_file
+):
+    config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
+    cli = run_cli(
+        "fit",
+        "--config",
+        config,
+        "--config",
+        REPO / "configs" / "display_prior.yaml",
+        "--trainer.max_epochs",
+        "2",
+    )
+    logged = cli.trainer.callback_metrics
+    grid = yaml.safe_load((REPO / "configs" / "display_prior.yaml").read_text())
+    grid = grid["model"]["init_args"]["display_prior_weights"]
+    assert float(logged["val/display_prior/weight"]) in grid
+    # the mix at the chosen weight is at least as good on the debiased metric as the model
+    # alone (weight 0 is a candidate), which is what it was chosen on
+    assert float(logged["val/display_prior/ips_dcg@10"]) >= float(logged["val/ips_dcg@10"]) - 1e-6
+    checkpoint = torch.load(checkpoint_of(tmp_path), map_location="cpu", weights_only=True)
+    exported = json.loads(
+        (Path(cli.trainer.log_dir) / "export" / EXPORT_METADATA_FILE).read_text()
+    )["display_prior"]
+    assert exported["weight"] == float(checkpoint["state_dict"]["display_prior_weight"])
+    assert exported["grid"] == grid and exported["fitted_on"].startswith("val/ips_dcg@10")
 
 
 @pytest.mark.slow  # end-to-end export through the CLI
