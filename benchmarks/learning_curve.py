@@ -13,6 +13,9 @@ reranker recipe is fine-tuned on those picks with each ``--methods`` entry:
   harvesting (:mod:`datamodules.propensity`; needs ``--display bm25 backbone``, orders that
   change between impressions);
 * ``skip_above``: unpicked sources below the lowest pick left out of training (``SkipAbove``);
+* ``display_prior``: naive training, then the display rank mixed into the scores with the
+  weight that maximises the validation picks' propensity-weighted DCG
+  (``configs/display_prior.yaml``; the test lists are given to it in BM25 order, the display);
 * ``oracle``: the same impressions labelled with their true grades;
 
 each choosing its checkpoint on its own validation split of the feedback (picks; the oracle's
@@ -45,7 +48,13 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from lightning_modules.hardware import describe_cpu  # noqa: E402
-from simulation.display import DISPLAYS, BM25Order, display_policy  # noqa: E402
+from simulation.display import (  # noqa: E402
+    DISPLAYS,
+    BM25Order,
+    FileOrder,
+    display_policy,
+    in_display_order,
+)
 from simulation.evaluation import (  # noqa: E402
     mean_metrics,
     order_scores,
@@ -63,10 +72,14 @@ from simulation.simulator import simulate, with_true_labels, write_feedback  # n
 from simulation.users import PositionBasedUser  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-METHODS = ("naive", "additive", "ips", "ips_estimated", "skip_above", "oracle")
+METHODS = ("naive", "additive", "ips", "ips_estimated", "skip_above", "display_prior", "oracle")
+DISPLAY_PRIOR_OVERLAY = REPO_ROOT / "configs" / "display_prior.yaml"
 
 
-def position_bias_argument(method: str, eta: float, train_file: Path) -> list[str]:
+def method_arguments(method: str, eta: float, train_file: Path) -> list[str]:
+    """The ``main.py fit`` arguments that make the default recipe into ``method``."""
+    if method == "display_prior":
+        return ["--config", str(DISPLAY_PRIOR_OVERLAY)]
     if method == "ips_estimated":  # intervention harvesting on the very log trained on
         from datamodules.propensity import estimate_propensities
         from datamodules.reranker_records import load_reranker_feedback
@@ -109,7 +122,7 @@ def fit(train_file: Path, method: str, eta: float, run_dir: Path, args) -> tuple
         f"--data.init_args.train_files={json.dumps([str(train_file)])}",
         f"--trainer.logger={json.dumps(loggers)}",
         "--trainer.enable_model_summary=false",
-        *position_bias_argument(method, eta, train_file),
+        *method_arguments(method, eta, train_file),
         *args.set,
     ]
     if args.max_epochs is not None:
@@ -136,12 +149,14 @@ def score_reranker(reranker, test_sets: dict[str, Any]) -> dict[str, dict[str, f
 
 
 def wikiqa_test_set(path: Path):
-    lists = [item for item in wikiqa_lists(path, "test")]
+    # in BM25 order, the simulated app's display (a model's ranking does not depend on the
+    # order it is given the sources in, unless it has a display prior, which reads it)
+    lists = in_display_order(wikiqa_lists(path, "test"), BM25Order())
 
     def score(reranker) -> dict[str, float]:
         return mean_metrics(true_label_metrics(lists, reranker_scores(reranker, lists)))
 
-    display = mean_metrics(true_label_metrics(lists, order_scores(BM25Order().order(lists))))
+    display = mean_metrics(true_label_metrics(lists, order_scores(FileOrder().order(lists))))
     return lists, score, display
 
 
@@ -198,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.output} exists: choose a new file")
     train_lists = load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-train-")
     _, wikiqa_score, wikiqa_display = wikiqa_test_set(Path(args.wikiqa))
-    dev_lists = load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-dev-")
+    dev_lists = in_display_order(
+        load_labelled_lists(WIKIQA_FEEDBACK, query_id_prefix="wikiqa-dev-"), BM25Order()
+    )
 
     def dev_score(reranker) -> dict[str, float]:
         return mean_metrics(true_label_metrics(dev_lists, reranker_scores(reranker, dev_lists)))

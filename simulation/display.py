@@ -40,6 +40,21 @@ def order_by_scores(scores: Sequence[float]) -> list[int]:
     return [int(i) for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")]
 
 
+def in_display_order(lists: Sequence[LabelledList], policy: DisplayPolicy) -> list[LabelledList]:
+    """The lists with their sources (and grades) rearranged in the order ``policy`` shows them:
+    what an app would pass its reranker, and what a display prior
+    (:mod:`lightning_modules.display_prior`) reads the display rank from."""
+    return [
+        LabelledList(
+            item.query,
+            item.query_id,
+            tuple(item.sources[i] for i in order),
+            tuple(item.grades[i] for i in order),
+        )
+        for item, order in zip(lists, policy.order(lists), strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class FileOrder:
     name: str = "file"

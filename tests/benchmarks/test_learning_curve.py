@@ -1,5 +1,6 @@
 """benchmarks/learning_curve.py: each method's command line is one the CLI accepts, and builds
-the position model it names (the fits themselves run in the benchmark, not here)."""
+the position model (or display prior) it names (the fits themselves run in the benchmark, not
+here)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ EXPECTED = {
     "ips": "InversePropensityWeighting",
     "ips_estimated": "InversePropensityWeighting",
     "skip_above": "SkipAbove",
+    "display_prior": None,
 }
 
 
@@ -41,7 +43,7 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
     log = write_feedback(
         simulate(lists, display, PositionBasedUser(), n_impressions=400), tmp_path / "log.json"
     )
-    extra = learning_curve.position_bias_argument(method, 1.0, log)
+    extra = learning_curve.method_arguments(method, 1.0, log)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as done:
         main.main(
@@ -54,7 +56,9 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
             ]
         )
     assert done.value.code in (0, None)
-    position_bias = yaml.safe_load(printed.getvalue())["model"]["init_args"]["position_bias"]
+    model = yaml.safe_load(printed.getvalue())["model"]["init_args"]
+    assert (model["display_prior_weights"] is not None) == (method == "display_prior")
+    position_bias = model["position_bias"]
     if EXPECTED[method] is None:
         assert position_bias is None
     else:

@@ -10,7 +10,13 @@ import pytest
 
 from datamodules.feedback import Source
 from datamodules.reranker_records import load_reranker_feedback
-from simulation.display import BM25Order, FileOrder, RandomOrder, order_by_scores
+from simulation.display import (
+    BM25Order,
+    FileOrder,
+    RandomOrder,
+    in_display_order,
+    order_by_scores,
+)
 from simulation.labelled import LabelledList, load_labelled_lists
 from simulation.simulator import impression_plan, simulate, with_true_labels, write_feedback
 from simulation.users import PositionBasedUser
@@ -128,6 +134,16 @@ def test_orders_are_permutations_and_random_is_seeded() -> None:
     assert RandomOrder(seed=1).order(lists) == RandomOrder(seed=1).order(lists)
     assert RandomOrder(seed=1).order(lists) != RandomOrder(seed=2).order(lists)
     assert order_by_scores([1.0, 3.0, 3.0, 0.0]) == [1, 2, 0, 3]  # ties keep the file's order
+
+
+def test_lists_in_display_order_carry_their_grades_with_their_sources() -> None:
+    item = make_list(4, {2}, "q")
+    (shown,) = in_display_order([item], RandomOrder(seed=3))
+    order = RandomOrder(seed=3).order([item])[0]
+    assert shown.sources == tuple(item.sources[i] for i in order)
+    assert shown.grades == tuple(item.grades[i] for i in order)
+    assert shown.grades[shown.sources.index(item.sources[2])] == item.grades[2]
+    assert (shown.query, shown.query_id) == (item.query, item.query_id)
 
 
 def test_labelled_lists_read_the_shipped_wikiqa_labels() -> None:
