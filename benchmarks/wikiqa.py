@@ -10,6 +10,10 @@ fine-tuned on through this project, and its labels are true relevance, not picks
 * ``ours``: the default recipe (``configs/reranker.yaml``) on WikiQA train
   (``training_data/wikiqa_feedback.json``'s train records), checkpoint chosen on WikiQA dev
   (``training_data/wikiqa_dev_canary.json``) by the fit's own ``val/ndcg@10``;
+* ``ours+display-prior``: the same, with the display prior (``configs/display_prior.yaml``:
+  the model's score mixed with WikiQA's own order, the weight chosen on WikiQA dev); its
+  labels are editorial, with no position bias to correct, so the weight is chosen on their
+  plain DCG (``eval_propensity_eta: 0``);
 * ``st-cross-encoder``: the original scripts' recipe, the peer a user would reach for:
   sentence-transformers' ``CrossEncoder`` on the same backbone (a fresh one-unit head),
   ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss``, 3 epochs, batch 16, 100 warm-up
@@ -57,7 +61,12 @@ from simulation.labelled import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-SYSTEMS = ("display", "backbone", "ours", "st-cross-encoder")
+SYSTEMS = ("display", "backbone", "ours", "ours+display-prior", "st-cross-encoder")
+DISPLAY_PRIOR = [
+    "--config",
+    str(REPO_ROOT / "configs" / "display_prior.yaml"),
+    "--model.init_args.eval_propensity_eta=0",  # editorial labels: nothing to de-bias
+]
 
 
 def metrics(lists: Sequence[LabelledList], scores) -> dict[str, np.ndarray]:
@@ -73,14 +82,16 @@ def write_train_file(folder: Path) -> Path:
     return path
 
 
-def fit_ours(train_file: Path, work_dir: Path, args) -> tuple[Any, dict]:
+def fit_ours(
+    train_file: Path, work_dir: Path, args, name: str = "ours", extra: Sequence[str] = ()
+) -> tuple[Any, dict]:
     import main
     from lightning_modules.inference import ExportedReranker
 
     loggers = [
         {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(work_dir), "name": "ours"},
+            "init_args": {"save_dir": str(work_dir), "name": name},
         }
     ]
     started = time.perf_counter()
@@ -93,14 +104,17 @@ def fit_ours(train_file: Path, work_dir: Path, args) -> tuple[Any, dict]:
             f"--data.init_args.val_files={json.dumps([str(WIKIQA_DEV)])}",
             f"--trainer.logger={json.dumps(loggers)}",
             "--trainer.enable_model_summary=false",
+            *extra,
             *args.set,
         ]
     )
     export = Path(cli.trainer.log_dir) / "export"
     checkpoint = cli.trainer.checkpoint_callback
-    return ExportedReranker.load(export), {
+    reranker = ExportedReranker.load(export)
+    return reranker, {
         "fit_seconds": round(time.perf_counter() - started, 1),
         "best_val_ndcg@10 (WikiQA dev)": float(checkpoint.best_model_score),
+        "display_prior_weight": reranker.display_prior_weight,
         "export": str(export),
     }
 
@@ -247,12 +261,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if "display" in args.systems:
         record("display", order_scores([list(range(len(item.sources))) for item in test]))
-    if {"backbone", "ours"} & set(args.systems):
+    if {"backbone", "ours", "ours+display-prior"} & set(args.systems):
         backbone = untouched_backbone(work_dir / "backbone")
         record("backbone", reranker_scores(backbone, test))
-    if "ours" in args.systems:
-        reranker, figures = fit_ours(write_train_file(work_dir), work_dir, args)
-        record("ours", reranker_scores(reranker, test), figures)
+    for name, extra in (("ours", ()), ("ours+display-prior", DISPLAY_PRIOR)):
+        if name in args.systems:  # (the test lists in WikiQA's order, as its dev and train)
+            reranker, figures = fit_ours(write_train_file(work_dir), work_dir, args, name, extra)
+            record(name, reranker_scores(reranker, test), figures)
     if "st-cross-encoder" in args.systems:
         scorer, figures = fit_st_cross_encoder(train, dev, work_dir, args)
         record("st-cross-encoder", reranker_scores(scorer, test), figures)
