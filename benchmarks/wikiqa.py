@@ -9,11 +9,11 @@ fine-tuned on through this project, and its labels are true relevance, not picks
 * ``backbone``: the untouched all-MiniLM-L6-v2 bi-encoder;
 * ``ours``: the default recipe (``configs/reranker.yaml``) on WikiQA train
   (``training_data/wikiqa_feedback.json``'s train records), checkpoint chosen on WikiQA dev
-  (``training_data/wikiqa_dev_canary.json``) by the fit's own ``val/ndcg@10``;
-* ``ours+display-prior``: the same, with the display prior (``configs/display_prior.yaml``:
-  the model's score mixed with WikiQA's own order, the weight chosen on WikiQA dev); its
-  labels are editorial, with no position bias to correct, so the weight is chosen on their
-  plain DCG (``eval_propensity_eta: 0``);
+  (``training_data/wikiqa_dev_canary.json``) by the fit's own ``val/ndcg@10``, and the
+  recipe's display prior (the model's score mixed with WikiQA's own order) with its weight
+  chosen on WikiQA dev too; the labels are editorial, with no position bias to correct, so
+  the weight is chosen on their plain DCG (``eval_propensity_eta: 0``);
+* ``ours-without-prior``: the same without the display prior (the ablation);
 * ``st-cross-encoder``: the original scripts' recipe, the peer a user would reach for:
   sentence-transformers' ``CrossEncoder`` on the same backbone (a fresh one-unit head),
   ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss``, 3 epochs, batch 16, 100 warm-up
@@ -63,12 +63,13 @@ from simulation.labelled import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-SYSTEMS = ("display", "backbone", "ours", "ours+display-prior", "st-cross-encoder")
-DISPLAY_PRIOR = [
-    "--config",
-    str(REPO_ROOT / "configs" / "display_prior.yaml"),
-    "--model.init_args.eval_propensity_eta=0",  # editorial labels: nothing to de-bias
-]
+SYSTEMS = ("display", "backbone", "ours", "ours-without-prior", "st-cross-encoder")
+EDITORIAL_LABELS = ["--model.init_args.eval_propensity_eta=0"]  # nothing to de-bias
+# the fit arguments of each of our systems
+OURS = {
+    "ours": EDITORIAL_LABELS,
+    "ours-without-prior": [*EDITORIAL_LABELS, "--model.init_args.display_prior_weights=null"],
+}
 
 
 def metrics(lists: Sequence[LabelledList], scores) -> dict[str, np.ndarray]:
@@ -274,10 +275,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if "display" in args.systems:
         record("display", order_scores([list(range(len(item.sources))) for item in test]))
-    if {"backbone", "ours", "ours+display-prior"} & set(args.systems):
+    if {"backbone", *OURS} & set(args.systems):
         backbone = untouched_backbone(work_dir / "backbone")
         record("backbone", reranker_scores(backbone, test))
-    for name, extra in (("ours", ()), ("ours+display-prior", DISPLAY_PRIOR)):
+    for name, extra in OURS.items():
         if name in args.systems:  # (the test lists in WikiQA's order, as its dev and train)
             reranker, figures = fit_ours(write_train_file(work_dir), work_dir, args, name, extra)
             record(name, reranker_scores(reranker, test), figures)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,12 @@ from transformers import (
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
-from lightning_modules.display_prior import FITTED_ON, check_weights, mix_with_display
+from lightning_modules.display_prior import (
+    DEFAULT_WEIGHTS,
+    FITTED_ON,
+    check_weights,
+    mix_with_display,
+)
 from lightning_modules.encoding import (
     BiEncoderInputs,
     ChunkedInputs,
@@ -89,13 +95,13 @@ class RerankerModule(FeedbackModule):
             (:mod:`lightning_modules.position_bias`; default: naive, the picks as they are).
         eval_propensity_eta: examination propensities ``(1/k)^eta`` by display rank ``k`` that
             the debiased validation metric ``ips_dcg@10`` weights picks with.
-        display_prior_weights: fit the display prior (:mod:`lightning_modules.display_prior`):
-            at every validation epoch, the weight of this grid (ascending, from 0) whose mix of
+        display_prior_weights: the display prior (:mod:`lightning_modules.display_prior`): at
+            every validation epoch, the weight of this grid (ascending, from 0) whose mix of
             the model's score with the display rank maximises ``val/ips_dcg@10`` is chosen and
             logged (``val/display_prior/*``), and the export carries it: the app's loader then
-            ranks with the mix. The other validation metrics stay the model's alone. None (the
-            default): no prior fitted; a warm start (``init_from``) that has one keeps ranking
-            with its weight.
+            ranks with the mix (weight 0: the model alone). The other validation metrics stay
+            the model's alone. None: no prior fitted (a warm start, ``init_from``, that has one
+            keeps ranking with its weight).
     """
 
     architecture: str = ""
@@ -120,7 +126,7 @@ class RerankerModule(FeedbackModule):
         chunk_checkpointing: bool = False,
         position_bias: NaivePositions | None = None,
         eval_propensity_eta: float = 1.0,
-        display_prior_weights: list[float] | None = None,
+        display_prior_weights: Sequence[float] | None = DEFAULT_WEIGHTS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "position_bias"])

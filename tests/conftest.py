@@ -160,8 +160,9 @@ def quiet_short_trainer(config: dict, **overrides) -> None:
 
 
 def reranker_predict_scores(module, feedback: Path, document_template: str):
-    """Each record's source scores through the training code path (``score_batch``, no
-    gradients), with the records they belong to."""
+    """Each record's source scores through the training code path (``ranking_scores``: the
+    model's scores, mixed with the display rank where it has a display prior; no gradients),
+    with the records they belong to."""
     import torch
 
     from datamodules.reranker import RerankerDataModule
@@ -174,7 +175,7 @@ def reranker_predict_scores(module, feedback: Path, document_template: str):
     out = []
     with torch.no_grad():
         for batch in dm.predict_dataloader():
-            scores = module.score_batch(batch)
+            scores = module.ranking_scores(batch)
             out += [scores[r, batch.mask[r]].numpy() for r in range(scores.shape[0])]
     return dm.predict_records, out
 

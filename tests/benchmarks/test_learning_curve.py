@@ -32,7 +32,7 @@ EXPECTED = {
     "ips": "InversePropensityWeighting",
     "ips_estimated": "InversePropensityWeighting",
     "skip_above": "SkipAbove",
-    "display_prior": None,
+    "no_display_prior": None,
 }
 
 
@@ -57,7 +57,8 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
         )
     assert done.value.code in (0, None)
     model = yaml.safe_load(printed.getvalue())["model"]["init_args"]
-    assert (model["display_prior_weights"] is not None) == (method == "display_prior")
+    assert (model["display_prior_weights"] is None) == (method == "no_display_prior")
+    assert model["eval_propensity_eta"] == (0.0 if method == "oracle" else 1.0)
     position_bias = model["position_bias"]
     if EXPECTED[method] is None:
         assert position_bias is None
