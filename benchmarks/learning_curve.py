@@ -28,7 +28,12 @@ order (BM25). NDCG@10 over the queries with a relevant source.
 
     python benchmarks/learning_curve.py --n 1000 --eta 1 --output lc.json   # one point
     python benchmarks/learning_curve.py --n 100 300 1000 3000 --eta 1 --seeds 0 \\
-        --output benchmarks/results/learning_curve.json
+        --output benchmarks/results/learning_curve.json --plot learning_curve.png
+    python benchmarks/learning_curve.py --replot results/a.json results/b.json --plot curve.png
+
+``--plot`` draws WikiQA test NDCG@10 against N for each method at one eta (the first given),
+the untouched backbone and the display order as lines, the mean over seeds where there are
+several; ``--replot`` draws it from reports already written, merged, without fitting.
 """
 
 from __future__ import annotations
@@ -187,6 +192,54 @@ def trec_dl_test_sets(data_dir: str | None) -> dict[str, Any]:
     return sets
 
 
+def curve_points(reports: Sequence[dict[str, Any]], eta: float, metric: str = "ndcg@10"):
+    """``{method: [(n, mean over seeds of WikiQA test metric), ...]}`` at ``eta``, N ascending,
+    and the baselines' values; later reports win for a repeated (method, n, seed)."""
+    runs: dict[tuple[str, int, int], float] = {}
+    baselines: dict[str, float] = {}
+    for report in reports:
+        for run in report["runs"]:
+            if run["eta"] == eta:
+                key = (run["method"], run["n"], run["seed"])
+                runs[key] = run["test"]["wikiqa_test"][metric]
+        for name, values in report["baselines"].items():
+            baselines[name] = values["wikiqa_test"][metric]
+    by_method: dict[str, dict[int, list[float]]] = {}
+    for (method, n, _), value in runs.items():
+        by_method.setdefault(method, {}).setdefault(n, []).append(value)
+    points = {
+        method: [(n, float(np.mean(values[n]))) for n in sorted(values)]
+        for method, values in by_method.items()
+    }
+    return points, baselines
+
+
+def plot_curve(reports: Sequence[dict[str, Any]], path: str | Path, eta: float) -> None:
+    """WikiQA test NDCG@10 against impressions, per method, with the baselines as lines."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise SystemExit(f"--plot needs matplotlib: pip install matplotlib ({error})") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, baselines = curve_points(reports, eta)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for method in [m for m in METHODS if m in points]:
+        ns, values = zip(*points[method], strict=True)
+        ax.plot(ns, values, "o-", label=method)
+    for (name, value), style in zip(sorted(baselines.items()), ("k--", "k:", "k-."), strict=False):
+        ax.axhline(value, linestyle=style[1:], color="k", linewidth=1, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("simulated impressions (N)")
+    ax.set_ylabel("WikiQA test NDCG@10 (true labels)")
+    ax.set_title(f"eta = {eta:g}, BM25 display")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,12 +265,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trec-dl", action="store_true", help="also score TREC DL 2019/2020")
     parser.add_argument("--trec-dl-dir", default=None)
     parser.add_argument("--work-dir", default="logs/learning_curve")
-    parser.add_argument("--output", required=True)
-    return parser.parse_args(argv)
+    parser.add_argument("--output", help="the report (JSON); required unless --replot")
+    parser.add_argument("--plot", default=None, help="also draw the curve into this PNG")
+    parser.add_argument("--replot", nargs="+", default=None, help="reports to draw, no fits")
+    args = parser.parse_args(argv)
+    if args.replot is None and args.output is None:
+        parser.error("--output is required (unless --replot)")
+    if args.replot is not None and args.plot is None:
+        parser.error("--replot needs --plot")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.replot is not None:
+        reports = [json.loads(Path(p).read_text()) for p in args.replot]
+        plot_curve(reports, args.plot, args.eta[0])
+        return {"plotted": args.plot, "from": args.replot}
     work_dir = Path(args.work_dir)
     if Path(args.output).exists():
         raise SystemExit(f"{args.output} exists: choose a new file")
@@ -281,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["summary_wikiqa_dev_ndcg@10"] = {k: float(np.mean(v)) for k, v in dev.items()}
     Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps(report["summary_wikiqa_ndcg@10"], indent=1))
+    if args.plot:
+        plot_curve([report], args.plot, args.eta[0])
     return report
 
 

@@ -68,3 +68,34 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
         propensities = position_bias["init_args"]["propensities"]
         assert propensities[0] == 1.0 and all(0 < p <= 1 for p in propensities)
     assert json.dumps(extra)  # plain strings
+
+
+def test_the_curve_averages_seeds_per_method_and_n_and_later_reports_win(tmp_path):
+    def run(method, n, seed, value, eta=1.0):
+        return {
+            "method": method,
+            "n": n,
+            "seed": seed,
+            "eta": eta,
+            "test": {"wikiqa_test": {"ndcg@10": value}},
+        }
+
+    baselines = {"untouched backbone": {"wikiqa_test": {"ndcg@10": 0.8}}}
+    first = {
+        "baselines": baselines,
+        "runs": [
+            run("naive", 300, 0, 0.7),
+            run("naive", 100, 0, 0.6),
+            run("naive", 300, 1, 0.9),
+            run("oracle", 300, 0, 0.5),
+            run("naive", 300, 2, 0.1, eta=2.0),
+        ],
+    }
+    second = {"baselines": baselines, "runs": [run("oracle", 300, 0, 0.85)]}
+    points, lines = learning_curve.curve_points([first, second], eta=1.0)
+    assert points["naive"] == [(100, 0.6), (300, pytest.approx(0.8))]
+    assert points["oracle"] == [(300, 0.85)]
+    assert lines == {"untouched backbone": 0.8}
+    path = tmp_path / "curve.png"
+    learning_curve.plot_curve([first, second], path, eta=1.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
