@@ -180,6 +180,25 @@ def reranker_predict_scores(module, feedback: Path, document_template: str):
     return dm.predict_records, out
 
 
+def printed_model_args(*args: str) -> dict:
+    """The model's ``init_args`` as ``main.py fit --config configs/reranker.yaml *args
+    --print_config`` resolves them (nothing is built or fitted)."""
+    import contextlib
+    import io
+
+    import pytest
+    import yaml
+
+    import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as done:
+        config = str(REPO_ROOT / "configs" / "reranker.yaml")
+        main.main(["fit", "--config", config, *args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(printed.getvalue())["model"]["init_args"]
+
+
 def point_loggers_at(config: dict, folder: Path) -> None:
     """Send every logger of a loaded YAML config (one or a list) to ``folder``."""
     loggers = config["trainer"]["logger"]

@@ -4,19 +4,15 @@ here)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 
 import pytest
-import yaml
 
-import main
 from simulation.display import Alternating, FileOrder, RandomOrder
 from simulation.simulator import simulate, write_feedback
 from simulation.users import PositionBasedUser
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, printed_model_args
 from tests.simulation.test_simulator import make_list
 
 spec = importlib.util.spec_from_file_location(
@@ -44,19 +40,7 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
         simulate(lists, display, PositionBasedUser(), n_impressions=400), tmp_path / "log.json"
     )
     extra = learning_curve.method_arguments(method, 1.0, log)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as done:
-        main.main(
-            [
-                "fit",
-                "--config",
-                str(REPO_ROOT / "configs" / "reranker.yaml"),
-                *extra,
-                "--print_config",
-            ]
-        )
-    assert done.value.code in (0, None)
-    model = yaml.safe_load(printed.getvalue())["model"]["init_args"]
+    model = printed_model_args(*extra)
     assert (model["display_prior_weights"] is None) == (method == "no_display_prior")
     assert model["eval_propensity_eta"] == (0.0 if method == "oracle" else 1.0)
     position_bias = model["position_bias"]

@@ -3,16 +3,12 @@ say (the fits themselves run in the benchmark, not here); the paired bootstrap."
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 
 import numpy as np
 import pytest
-import yaml
 
-import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, printed_model_args
 
 spec = importlib.util.spec_from_file_location("wikiqa", REPO_ROOT / "benchmarks" / "wikiqa.py")
 wikiqa = importlib.util.module_from_spec(spec)
@@ -21,19 +17,7 @@ spec.loader.exec_module(wikiqa)
 
 @pytest.mark.parametrize("system", sorted(wikiqa.OURS))
 def test_our_systems_fit_the_prior_on_plain_dcg_or_not_at_all(system):
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as done:
-        main.main(
-            [
-                "fit",
-                "--config",
-                str(REPO_ROOT / "configs" / "reranker.yaml"),
-                *wikiqa.OURS[system],
-                "--print_config",
-            ]
-        )
-    assert done.value.code in (0, None)
-    model = yaml.safe_load(printed.getvalue())["model"]["init_args"]
+    model = printed_model_args(*wikiqa.OURS[system])
     assert model["eval_propensity_eta"] == 0.0  # editorial labels
     if system == "ours":  # the recipe's prior
         assert model["display_prior_weights"][0] == 0.0 and len(model["display_prior_weights"]) > 1
