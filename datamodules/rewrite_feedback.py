@@ -53,6 +53,7 @@ from datamodules.feedback import (
     OnInvalid,
     ParseReport,
     RecordFiltered,
+    Source,
     optional_str,
     parse_timestamp,
     require_list,
@@ -95,6 +96,10 @@ class RewritingRecord:
     timestamp: str | None
     origin: str  # "file:index"
     session_id: str | None = None  # conversation/session: kept on one side of the split
+    # every source the record names, once per url (first occurrence), with the title and
+    # snippet the app recorded (empty where it gave a bare url): what the retrieval judge
+    # (lightning_modules.retrieval_judge) indexes
+    documents: tuple[Source, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,17 @@ def _parse_url(item: Any, *, file: str, index: int, name: str) -> str:
 
 
 def _parse_urls(
-    raw: dict, key: str, *, file: str, index: int, where: str = "", unique: bool
+    raw: dict,
+    key: str,
+    *,
+    file: str,
+    index: int,
+    where: str = "",
+    unique: bool,
+    documents: dict[str, Source] | None = None,
 ) -> tuple[str, ...]:
+    """The urls of a list of url strings or source objects; each source object's title and
+    snippet go into ``documents`` (keyed by url, first occurrence kept)."""
     items = require_list(raw, key, file=file, index=index, where=where)
     urls: list[str] = []
     seen: set[str] = set()
@@ -160,7 +174,17 @@ def _parse_urls(
             raise FeedbackError(f"url {url!r} listed twice", file=file, record=index, field=name)
         seen.add(url)
         urls.append(url)
+        if documents is not None and (url not in documents or not _has_text(documents[url])):
+            title = snippet = ""
+            if isinstance(item, dict):
+                title = optional_str(item, "title", file=file, index=index, where=f"{name}.")
+                snippet = optional_str(item, "snippet", file=file, index=index, where=f"{name}.")
+            documents[url] = Source(title=title or "", url=url, snippet=snippet or "")
     return tuple(urls)
+
+
+def _has_text(source: Source) -> bool:
+    return bool(source.title or source.snippet)
 
 
 def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
@@ -171,7 +195,10 @@ def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
     """
     record = require_object(raw, file=file, index=index)
     original_query = require_str(record, "original_query", file=file, index=index)
-    selected = _parse_urls(record, "selected_sources", file=file, index=index, unique=True)
+    documents: dict[str, Source] = {}
+    selected = _parse_urls(
+        record, "selected_sources", file=file, index=index, unique=True, documents=documents
+    )
 
     mapping = record.get("query_source_mapping")
     if mapping is None:
@@ -188,7 +215,13 @@ def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
         query = require_str(candidate, "query", file=file, index=index, where=f"{where}.")
         optional_str(candidate, "reasoning", file=file, index=index, where=f"{where}.")
         sources = _parse_urls(
-            candidate, "sources", file=file, index=index, where=f"{where}.", unique=False
+            candidate,
+            "sources",
+            file=file,
+            index=index,
+            where=f"{where}.",
+            unique=False,
+            documents=documents,
         )
         candidates.append(Candidate(name=name, query=query, sources=sources))
 
@@ -200,6 +233,7 @@ def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
         timestamp=optional_str(record, "timestamp", file=file, index=index),
         origin=f"{file}:{index}",
         session_id=optional_str(record, "session_id", file=file, index=index),
+        documents=tuple(documents.values()),
     )
 
 
