@@ -117,8 +117,10 @@ class FeedbackTrainer(L.Trainer):
             deployment: the path the app loads; a link to versioned copies that this command
                 switches atomically (see :mod:`deployment.gate`).
             metric: the gate's metric: ``ndcg@10`` (default), ``mrr@10`` or ``ips_dcg@10`` (the
-                picks' position-debiased estimate) for a reranker, ``bleu`` (default) or
-                ``exact_match`` for a rewriter.
+                picks' position-debiased estimate) for a reranker, ``bleu`` (default),
+                ``exact_match`` or ``coverage@10`` (the share of the user's selected sources
+                the rewrite's BM25 top 10 finds among the log's sources: pairs mined from app
+                records) for a rewriter.
             margin: the least improvement of ``metric`` that promotes (its own scale: NDCG
                 0-1, BLEU 0-100).
             max_p_value: also require the paired bootstrap's p-value to be at most this.

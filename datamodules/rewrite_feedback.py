@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,9 @@ class RewritePair:
     is_original: bool = False  # target normalises to the source (the "do not rewrite" case)
     session_id: str | None = None  # conversation/session: kept on one side of the split
     timestamp: str | None = None  # ISO 8601, from the app record or the pair line
+    # the app record it was mined from (None for a pairs line): what the retrieval judge
+    # scores a rewrite against (its selected sources)
+    record: RewritingRecord | None = field(default=None, compare=False, repr=False)
 
     @property
     def content_key(self) -> Hashable:
@@ -331,6 +334,7 @@ def _parse_any(raw: Any, file: str, index: int, *, keep_unchanged: bool) -> Rewr
             is_original=mined.is_original,
             session_id=parsed.session_id,
             timestamp=parsed.timestamp,
+            record=parsed,
         )
     if any(key in record for key in PAIR_KEYS):
         pair = parse_rewrite_pair(record, file, index)

@@ -24,10 +24,17 @@ class SystemResult:
             assert self.bleu is not None
             return self.bleu.corpus_bleu
         values = self.per_query[metric]
-        return lambda indices: float(values[indices].mean())
+        # NaN: a query the metric does not apply to (e.g. a rewrite with no selected sources
+        # to find), left out of the mean
+        return lambda indices: _mean_of_defined(values[indices])
 
     def value(self, metric: str, n: int) -> float:
         return self.statistic(metric)(np.arange(n))
+
+
+def _mean_of_defined(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else float("nan")
 
 
 @dataclass

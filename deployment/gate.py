@@ -55,7 +55,19 @@ log = logging.getLogger(__name__)
 # ndcg@10 and mrr@10 on the held-out picks; ips_dcg@10 their position-debiased estimate (the
 # picks weighted by 1 / the examination propensity of the rank each was shown at)
 RANKING_METRICS = ("ndcg@10", "mrr@10", "ips_dcg@10")
-REWRITING_METRICS = ("bleu", "exact_match")
+# coverage@10: the share of the user's selected sources the rewrite's BM25 top 10 finds in the
+# log's sources (lightning_modules.retrieval_judge), for pairs mined from app records
+COVERAGE = "coverage@10"
+REWRITING_METRICS = ("bleu", "exact_match", COVERAGE)
+
+
+def aligned(index, judged, values) -> np.ndarray:
+    """``values`` of the ``judged`` pair indices laid over ``index`` (NaN where not judged)."""
+    out = np.full(len(index), np.nan)
+    position = {int(i): k for k, i in enumerate(index.tolist())}
+    for i, value in zip(judged.tolist(), values.double().numpy(), strict=True):
+        out[position[int(i)]] = value
+    return out
 
 
 def module_from_export(template: L.LightningModule, folder: str | Path) -> L.LightningModule:
@@ -119,10 +131,16 @@ def evaluate(
     if "copy" in results:  # a rewriter: BLEU statistics and exact matches per pair
         index, statistics, exact = results["model"]
         _, copy_statistics, copy_exact = results["copy"]
+        model = {"exact_match": exact.numpy()}
+        copy_question = {"exact_match": copy_exact.numpy()}
+        if "coverage" in results:  # retrieval-judged pairs only; NaN for the others
+            judged, coverage = results["coverage"]
+            for values, system in ((model, "model"), (copy_question, "copy")):
+                values[COVERAGE] = aligned(index, judged, coverage[system])
         return (
             index.numpy(),
-            SystemResult("model", {"exact_match": exact.numpy()}, statistics),
-            SystemResult("copy the question", {"exact_match": copy_exact.numpy()}, copy_statistics),
+            SystemResult("model", model, statistics),
+            SystemResult("copy the question", copy_question, copy_statistics),
         )
     index, values = results["model"]
     _, display = results["display"]
@@ -333,6 +351,15 @@ def run_gate(
         raise RuntimeError("the two models were not scored on the same held-out queries")
 
     n = len(candidate_index)
+    if is_rewriter and not all(
+        COVERAGE in r.per_query for r in (deployed_result, candidate_result)
+    ):
+        if primary == COVERAGE:
+            raise ValueError(
+                f"metric {COVERAGE}: no held-out pair comes from an app record whose sources "
+                "have text, so no rewrite can be judged by what it retrieves"
+            )
+        metrics = tuple(m for m in metrics if m != COVERAGE)
     comparisons = compare_systems(deployed_result, candidate_result, metrics, n, n_resamples, seed)
     gate = next(c for c in comparisons if c.metric == primary)
     promoted, reason = decide(gate, margin, max_p_value)

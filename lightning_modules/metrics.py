@@ -387,3 +387,40 @@ class RewriteMetrics(Metric):
     def reset(self) -> None:
         super().reset()
         self.chrf.reset()
+
+
+# the systems whose rewrites the retrieval judge scores in validation: the model's, the
+# question itself (the copy baseline) and the mined target (what the log's best candidate found)
+COVERAGE_SYSTEMS = ("model", "copy", "target")
+
+
+class CoverageMetrics(Metric):
+    """Per-pair coverage@k (:class:`~lightning_modules.retrieval_judge.RetrievalJudge`) of the
+    model's rewrite, of the question itself and of the mined target, gathered across batches
+    and processes; ``compute()`` gives each system's mean over the pairs that have selected
+    sources, ``per_pair()`` the values by pair index (for paired comparisons)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("values", default=[], dist_reduce_fx="cat")  # [N, systems]
+
+    def update(self, values: torch.Tensor, indices: Sequence[int]) -> None:
+        """``values[N, len(COVERAGE_SYSTEMS)]`` for the pairs ``indices``."""
+        self.index.append(torch.as_tensor(list(indices), dtype=torch.long, device=self.device))
+        self.values.append(values.float().to(self.device))
+
+    def per_pair(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if _is_empty(self.index):
+            return torch.zeros(0, dtype=torch.long), {s: torch.zeros(0) for s in COVERAGE_SYSTEMS}
+        index, values = dim_zero_cat(self.index), dim_zero_cat(self.values)
+        order = torch.argsort(index, stable=True)
+        index, values = index[order].cpu(), values[order].cpu()
+        kept = ~torch.isnan(values).any(1)
+        return index[kept], {s: values[kept, i] for i, s in enumerate(COVERAGE_SYSTEMS)}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        _, values = self.per_pair()
+        return {s: v.mean() if len(v) else torch.tensor(float("nan")) for s, v in values.items()}

@@ -37,7 +37,8 @@ from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
-from lightning_modules.metrics import RewriteMetrics
+from lightning_modules.metrics import COVERAGE_SYSTEMS, CoverageMetrics, RewriteMetrics
+from lightning_modules.retrieval_judge import RetrievalJudge
 from lightning_modules.rewriter_inference import generate_rewrites
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
@@ -245,6 +246,10 @@ class QueryRewriter(FeedbackModule):
                 for system in ("model", "copy")
             }
         )
+        # what each rewrite finds: the retrieval judge over the log's sources (built from the
+        # data module's app records when evaluation first needs it)
+        self.coverage = nn.ModuleDict({stage: CoverageMetrics() for stage in ("val", "test")})
+        self._judge: tuple[tuple[int, ...], RetrievalJudge | None] | None = None
         self._samples: list[dict[str, str]] = []
 
     # -- text ------------------------------------------------------------------------------
@@ -293,6 +298,48 @@ class QueryRewriter(FeedbackModule):
 
     # -- evaluation ------------------------------------------------------------------------
 
+    def retrieval_judge(self) -> RetrievalJudge | None:
+        """The judge over every app record the data module has loaded (training, validation
+        and test: one index, as the app has one search engine); None when no pair came from
+        an app record whose sources have text (pairs files)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None:
+            return None
+        records = [
+            pair.record
+            for stage in ("train", "val", "test")
+            for pair in getattr(datamodule, f"{stage}_pairs", None) or []
+            if getattr(pair, "record", None) is not None
+        ]
+        key = tuple(id(r) for r in records)
+        if self._judge is None or self._judge[0] != key:
+            judge = None
+            if records:
+                try:
+                    judge = RetrievalJudge(records)
+                except ValueError as error:  # bare urls only: nothing to retrieve by
+                    log.warning("No retrieval judge for the rewrites: %s", error)
+            self._judge = (key, judge)
+        return self._judge[1]
+
+    def _update_coverage(
+        self, batch: RewriteBatch, stage: str, rewrites: list[str], targets: list[str]
+    ) -> None:
+        judge = self.retrieval_judge()
+        pairs = getattr(self.trainer.datamodule, f"{stage}_pairs", None) if judge else None
+        if not pairs:
+            return
+        rows, values = [], []
+        for row, index in enumerate(batch.indices):
+            record = pairs[index].record
+            if record is None:
+                continue
+            queries = {"model": rewrites[row], "copy": batch.sources[row], "target": targets[row]}
+            values.append([judge.coverage(queries[s], record) for s in COVERAGE_SYSTEMS])
+            rows.append(index)
+        if rows:
+            self.coverage[stage].update(torch.tensor(values, dtype=torch.float64), rows)
+
     def evaluation_step(self, batch: RewriteBatch, stage: str) -> None:
         if batch.labels is not None:
             self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
@@ -300,6 +347,7 @@ class QueryRewriter(FeedbackModule):
         rewrites = self.rewrite(batch)
         self.metrics[f"{stage}_model"].update(rewrites, targets, batch.indices)
         self.metrics[f"{stage}_copy"].update(batch.sources, targets, batch.indices)
+        self._update_coverage(batch, stage, rewrites, targets)
         room = self.num_logged_examples - len(self._samples)
         for row in range(min(room, len(batch))):
             self._samples.append(
@@ -330,6 +378,13 @@ class QueryRewriter(FeedbackModule):
                 logged[f"{stage}/{name}"] = value
             logged[f"{stage}/copy/{name}"] = copy[name]
             logged[f"{stage}/lift/{name}"] = value - copy[name]
+        coverage = self.coverage[stage].compute()
+        if not torch.isnan(coverage["model"]):  # pairs from app records, judged by retrieval
+            name = f"coverage@{self._judge[1].k}"
+            logged[f"{stage}/{name}"] = coverage["model"]
+            logged[f"{stage}/copy/{name}"] = coverage["copy"]
+            logged[f"{stage}/target/{name}"] = coverage["target"]
+            logged[f"{stage}/lift/{name}"] = coverage["model"] - coverage["copy"]
         self.log_dict(logged)
         self._log_samples(stage)
         self.keep_evaluation(
@@ -337,10 +392,12 @@ class QueryRewriter(FeedbackModule):
             {
                 "model": self.metrics[f"{stage}_model"].per_sentence(),
                 "copy": self.metrics[f"{stage}_copy"].per_sentence(),
+                "coverage": self.coverage[stage].per_pair(),
             },
         )
         self.metrics[f"{stage}_model"].reset()
         self.metrics[f"{stage}_copy"].reset()
+        self.coverage[stage].reset()
 
     def _log_samples(self, stage: str) -> None:
         samples, self._samples = self._samples, []

@@ -367,7 +367,10 @@ def rewriting_app_record(i: int) -> dict:
             "rewrite 1": {
                 "query": better,
                 "reasoning": "t5",
-                "sources": [{"url": u, "title": "t", "snippet": "s"} for u in urls[:2]],
+                "sources": [
+                    {"url": u, "title": f"the capital of {topic}", "snippet": f"page {i} {k}"}
+                    for k, u in enumerate(urls[:2])
+                ],
             },
         },
         "query_generator": "t5",

@@ -87,7 +87,11 @@ def test_reranker_gate_refuses_worse_accepts_better_and_rolls_back(
     assert snapshot(deployment) == before
 
 
-def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, rewriting_data_files):  # noqa: F811
+def test_rewriter_gate_uses_bleu_exact_match_and_coverage(
+    tmp_path,
+    tiny_backbone,
+    rewriting_data_files,  # noqa: F811
+):
     app, pairs = rewriting_data_files
     config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     cli = main.main(
@@ -109,9 +113,21 @@ def test_rewriter_gate_uses_bleu_and_exact_match(tmp_path, tiny_backbone, rewrit
     # Nothing deployed yet: the candidate is compared with the config's own (untouched) model.
     refused = promote(config, untouched, deployment, tmp_path / "r1")
     assert refused["promoted"] is False and not deployment.exists()
-    assert {c["metric"] for c in refused["comparisons"]} == {"bleu", "exact_match"}
+    assert {c["metric"] for c in refused["comparisons"]} == {"bleu", "exact_match", "coverage@10"}
     assert refused["primary_metric"] == "bleu"
     assert refused["baseline_name"] == "copy the question"
+    # coverage: the retrieval judge's, over the held-out pairs mined from app records, the
+    # copy baseline its questions' own (what validation logs as val/copy/coverage@10)
+    validated = main.main(["validate", "--config", str(config)])
+    copy_coverage = float(validated.trainer.callback_metrics["val/copy/coverage@10"])
+    assert refused["baseline"]["coverage@10"] == pytest.approx(copy_coverage, abs=1e-6)
+
+    elsewhere = tmp_path / "deploy" / "judged_by_coverage"
+    on_coverage = promote(config, trained, elsewhere, tmp_path / "r0", "--metric", "coverage@10")
+    assert on_coverage["primary_metric"] == "coverage@10"
+    assert on_coverage["reason"].startswith("coverage@10")
+    gate = next(c for c in on_coverage["comparisons"] if c["metric"] == "coverage@10")
+    assert on_coverage["promoted"] == (gate["delta"] > 0) == elsewhere.exists()
 
     accepted = promote(config, trained, deployment, tmp_path / "r2")
     assert accepted["promoted"] is True, accepted["reason"]

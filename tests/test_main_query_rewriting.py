@@ -58,6 +58,22 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
         for i in range(24)
         if f"what is the capital {i}" in {p.source for p in cli.datamodule.train_pairs}
     }
+    # What each system's query finds (the retrieval judge over the log's sources), for the
+    # validation pairs mined from app records; pairs lines have no record to be judged on.
+    from lightning_modules.retrieval_judge import RetrievalJudge
+
+    records = [p.record for p in [*cli.datamodule.train_pairs, *val] if p.record is not None]
+    judge = RetrievalJudge(records)
+    judged = [p for p in val if p.record is not None]
+    assert judged and len(judged) < len(val)
+    for system, query in (("copy/", lambda p: p.source), ("target/", lambda p: p.target)):
+        want = sum(judge.coverage(query(p), p.record) for p in judged) / len(judged)
+        assert float(logged[f"val/{system}coverage@10"]) == pytest.approx(want, abs=1e-6)
+    assert float(logged["val/lift/coverage@10"]) == pytest.approx(
+        float(logged["val/coverage@10"] - logged["val/copy/coverage@10"]), abs=1e-6
+    )
+    # the mined target is the candidate that found the most picks: the judge agrees here
+    assert float(logged["val/target/coverage@10"]) > float(logged["val/copy/coverage@10"])
     samples = list((Path(cli.trainer.log_dir) / "samples").glob("val_*.jsonl"))
     assert samples
     assert {"question", "rewrite", "target"} <= set(
