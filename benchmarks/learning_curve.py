@@ -26,6 +26,7 @@ test (test-only, read from ``../shared/data/wikiqa``) and, with
 ``--trec-dl``, TREC DL 2019/2020 (test-only), beside the untouched backbone and the display
 order (BM25). NDCG@10 over the queries with a relevant source.
 
+    python benchmarks/learning_curve.py --output lc.json --plot lc.png   # the default plan
     python benchmarks/learning_curve.py --n 1000 --eta 1 --output lc.json   # one point
     python benchmarks/learning_curve.py --n 100 300 1000 3000 --eta 1 --seeds 0 \\
         --output benchmarks/results/learning_curve.json --plot learning_curve.png
@@ -240,15 +241,41 @@ def plot_curve(reports: Sequence[dict[str, Any]], path: str | Path, eta: float) 
     plt.close(fig)
 
 
+# The default plan (no --n/--eta/--seeds): the N range at eta = 1, the other etas and two more
+# seeds at N = 1,000; 3 methods, 24 fits, about 75 minutes on a 2-core CPU (bf16). It trades
+# a full grid (4 N x 3 eta x 3 seeds x 3 methods: 108 fits, ~6 hours) for the curve itself
+# plus one point of each other axis; --n/--eta/--seeds run any full grid instead.
+DEFAULT_PLAN = (
+    *[(1.0, n, 0) for n in (100, 300, 1000, 3000)],
+    (0.5, 1000, 0),
+    (2.0, 1000, 0),
+    (1.0, 1000, 1),
+    (1.0, 1000, 2),
+)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[float, int, int]]:
+    """The (eta, N, seed) points to run: the default plan, or the full grid of what is given
+    (missing axes at eta 1, N 1,000, seed 0)."""
+    if args.n is None and args.eta is None and args.seeds is None:
+        return list(DEFAULT_PLAN)
+    return [
+        (eta, n, seed)
+        for eta in args.eta or [1.0]
+        for n in args.n or [1000]
+        for seed in args.seeds or [0]
+    ]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, nargs="+", default=[1000], help="impressions")
-    parser.add_argument("--eta", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--n", type=int, nargs="+", default=None, help="impressions")
+    parser.add_argument("--eta", type=float, nargs="+", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=["naive", "additive", "ips", "oracle"]
+        "--methods", nargs="+", choices=METHODS, default=["naive", "additive", "oracle"]
     )
     parser.add_argument(
         "--display",
@@ -280,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.replot is not None:
         reports = [json.loads(Path(p).read_text()) for p in args.replot]
-        plot_curve(reports, args.plot, args.eta[0])
+        plot_curve(reports, args.plot, (args.eta or [1.0])[0])
         return {"plotted": args.plot, "from": args.replot}
     work_dir = Path(args.work_dir)
     if Path(args.output).exists():
@@ -310,29 +337,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     backbone = untouched_backbone(work_dir / "backbone")
     report["baselines"]["untouched backbone"] = score_reranker(backbone, test_sets)
     print(json.dumps(report["baselines"], indent=1), flush=True)
-    display = display_policy(args.display, work_dir / "display", seed=args.seeds[0])
-    for eta in args.eta:
-        for n in args.n:
-            for seed in args.seeds:
-                displayed = "+".join(args.display)
-                point = work_dir / f"{displayed}_eta{eta:g}_n{n}_seed{seed}"
-                point.mkdir(parents=True, exist_ok=True)
-                user = PositionBasedUser(eta=eta)
-                records = simulate(train_lists, display, user, n_impressions=n, seed=seed)
-                picks = point / "picks.json"
-                oracle = point / "oracle.json"
-                if not picks.exists():
-                    write_feedback(records, picks)
-                    write_feedback(with_true_labels(records), oracle)
-                for method in args.methods:
-                    train_file = oracle if method == "oracle" else picks
-                    export, figures = fit(train_file, method, eta, point, args)
-                    run = {"display": displayed, "eta": eta, "n": n, "seed": seed}
-                    run.update(method=method, **figures)
-                    run["test"] = score_export(export, test_sets)
-                    report["runs"].append(run)
-                    print(json.dumps(run), flush=True)
-                    Path(args.output).write_text(json.dumps(report, indent=1))
+    points = plan(args)
+    report["settings"]["points (eta, n, seed)"] = points
+    display = display_policy(args.display, work_dir / "display", seed=points[0][2])
+    for eta, n, seed in points:
+        displayed = "+".join(args.display)
+        point = work_dir / f"{displayed}_eta{eta:g}_n{n}_seed{seed}"
+        point.mkdir(parents=True, exist_ok=True)
+        user = PositionBasedUser(eta=eta)
+        records = simulate(train_lists, display, user, n_impressions=n, seed=seed)
+        picks = point / "picks.json"
+        oracle = point / "oracle.json"
+        if not picks.exists():
+            write_feedback(records, picks)
+            write_feedback(with_true_labels(records), oracle)
+        for method in args.methods:
+            train_file = oracle if method == "oracle" else picks
+            export, figures = fit(train_file, method, eta, point, args)
+            run = {"display": displayed, "eta": eta, "n": n, "seed": seed}
+            run.update(method=method, **figures)
+            run["test"] = score_export(export, test_sets)
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            Path(args.output).write_text(json.dumps(report, indent=1))
     summary = {}
     for run in report["runs"]:
         key = f"eta={run['eta']:g} n={run['n']} {run['method']}"
@@ -346,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Path(args.output).write_text(json.dumps(report, indent=1))
     print(json.dumps(report["summary_wikiqa_ndcg@10"], indent=1))
     if args.plot:
-        plot_curve([report], args.plot, args.eta[0])
+        plot_curve([report], args.plot, points[0][0])
     return report
 
 

@@ -83,3 +83,18 @@ def test_the_curve_averages_seeds_per_method_and_n_and_later_reports_win(tmp_pat
     path = tmp_path / "curve.png"
     learning_curve.plot_curve([first, second], path, eta=1.0)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_plan_is_the_curve_plus_one_point_of_each_other_axis():
+    args = learning_curve.parse_args(["--output", "x.json"])
+    points = learning_curve.plan(args)
+    assert [p for p in points if p[0] == 1.0 and p[2] == 0] == [
+        (1.0, n, 0) for n in (100, 300, 1000, 3000)
+    ]
+    assert {p[0] for p in points} == {0.5, 1.0, 2.0}
+    assert {p[2] for p in points if p[1] == 1000 and p[0] == 1.0} == {0, 1, 2}
+    assert len(points) * len(args.methods) == 24 and "oracle" in args.methods
+    grid = learning_curve.plan(
+        learning_curve.parse_args(["--n", "300", "--eta", "1", "2", "--output", "x.json"])
+    )
+    assert grid == [(1.0, 300, 0), (2.0, 300, 0)]
