@@ -242,7 +242,7 @@ def plot_curve(reports: Sequence[dict[str, Any]], path: str | Path, eta: float) 
 
 
 # The default plan (no --n/--eta/--seeds): the N range at eta = 1, the other etas and two more
-# seeds at N = 1,000; 3 methods, 24 fits, about 75 minutes on a 2-core CPU (bf16). It trades
+# seeds at N = 1,000; 3 methods, 24 fits, estimated at ~75 minutes on a 2-core CPU (bf16). It trades
 # a full grid (4 N x 3 eta x 3 seeds x 3 methods: 108 fits, ~6 hours) for the curve itself
 # plus one point of each other axis; --n/--eta/--seeds run any full grid instead.
 DEFAULT_PLAN = (
