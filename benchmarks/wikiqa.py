@@ -270,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def record(name: str, scores, extra: dict | None = None) -> None:
         per_query[name] = metrics(test, scores)
         report["systems"][name] = {"test": mean_metrics(per_query[name]), **(extra or {})}
+        # per test question (NaN: no relevant sentence), so that runs can be paired later
+        report["systems"][name]["per_question_ndcg@10"] = [
+            None if np.isnan(v) else round(float(v), 6) for v in per_query[name]["ndcg@10"]
+        ]
         print(json.dumps({name: report["systems"][name]}), flush=True)
         Path(args.output).write_text(json.dumps(report, indent=1))
 
