@@ -389,14 +389,16 @@ class RewriteMetrics(Metric):
         self.chrf.reset()
 
 
-# the systems whose rewrites the retrieval judge scores in validation: the model's, the
-# question itself (the copy baseline) and the mined target (what the log's best candidate found)
-COVERAGE_SYSTEMS = ("model", "copy", "target")
+# the systems whose queries the retrieval judge scores in validation: the model's best rewrite,
+# the question itself (the copy baseline), the mined target (what the log's best candidate
+# found) and the union of the model's rewrites (the app searches with several)
+COVERAGE_SYSTEMS = ("model", "copy", "target", "union")
 
 
 class CoverageMetrics(Metric):
     """Per-pair coverage@k (:class:`~lightning_modules.retrieval_judge.RetrievalJudge`) of the
-    model's rewrite, of the question itself and of the mined target, gathered across batches
+    model's rewrite, of the question itself, of the mined target and of the union of the
+    model's rewrites (:data:`COVERAGE_SYSTEMS`), gathered across batches
     and processes; ``compute()`` gives each system's mean over the pairs that have selected
     sources, ``per_pair()`` the values by pair index (for paired comparisons)."""
 

@@ -148,7 +148,8 @@ class QueryRewriter(FeedbackModule):
         num_beams, max_new_tokens, repetition_penalty, length_penalty, no_repeat_ngram_size:
             generation settings for validation, test, predict, and saved in the export's
             ``generation_config.json`` (so plain ``model.generate`` behaves the same).
-        num_return_sequences: rewrites per question written by ``predict``.
+        num_return_sequences: rewrites per question written by ``predict`` (the app searches
+            with several), and whose union validation judges (``val/union{n}_coverage@10``).
         restore_surface: respell uncased output from the question and history (see
             :mod:`lightning_modules.surface`); ``None``: only for tokenizers that lowercase.
         num_logged_examples: validation rewrites sent to the logger each epoch.
@@ -323,7 +324,11 @@ class QueryRewriter(FeedbackModule):
         return self._judge[1]
 
     def _update_coverage(
-        self, batch: RewriteBatch, stage: str, rewrites: list[str], targets: list[str]
+        self,
+        batch: RewriteBatch,
+        stage: str,
+        rewrites: list[list[str]],
+        targets: list[str],
     ) -> None:
         judge = self.retrieval_judge()
         pairs = getattr(self.trainer.datamodule, f"{stage}_pairs", None) if judge else None
@@ -334,8 +339,13 @@ class QueryRewriter(FeedbackModule):
             record = pairs[index].record
             if record is None:
                 continue
-            queries = {"model": rewrites[row], "copy": batch.sources[row], "target": targets[row]}
-            values.append([judge.coverage(queries[s], record) for s in COVERAGE_SYSTEMS])
+            queries = {
+                "model": rewrites[row][:1],
+                "copy": [batch.sources[row]],
+                "target": [targets[row]],
+                "union": rewrites[row],  # what the app searches with: all its variations
+            }
+            values.append([judge.union_coverage(queries[s], record) for s in COVERAGE_SYSTEMS])
             rows.append(index)
         if rows:
             self.coverage[stage].update(torch.tensor(values, dtype=torch.float64), rows)
@@ -344,10 +354,12 @@ class QueryRewriter(FeedbackModule):
         if batch.labels is not None:
             self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
         targets = [t or "" for t in batch.targets]
-        rewrites = self.rewrite(batch)
+        # the app's n variations (one beam search: the best is the same as for n = 1)
+        variations = self.rewrites(batch, self.num_return_sequences)
+        rewrites = [v[0] for v in variations]
         self.metrics[f"{stage}_model"].update(rewrites, targets, batch.indices)
         self.metrics[f"{stage}_copy"].update(batch.sources, targets, batch.indices)
-        self._update_coverage(batch, stage, rewrites, targets)
+        self._update_coverage(batch, stage, variations, targets)
         room = self.num_logged_examples - len(self._samples)
         for row in range(min(room, len(batch))):
             self._samples.append(
@@ -385,6 +397,10 @@ class QueryRewriter(FeedbackModule):
             logged[f"{stage}/copy/{name}"] = coverage["copy"]
             logged[f"{stage}/target/{name}"] = coverage["target"]
             logged[f"{stage}/lift/{name}"] = coverage["model"] - coverage["copy"]
+            # the union of the num_return_sequences rewrites the app searches with
+            union = f"union{self.num_return_sequences}_{name}"
+            logged[f"{stage}/{union}"] = coverage["union"]
+            logged[f"{stage}/lift/{union}"] = coverage["union"] - coverage["copy"]
         self.log_dict(logged)
         self._log_samples(stage)
         self.keep_evaluation(

@@ -33,9 +33,11 @@ def generate_rewrites(
     (:class:`ExportedQueryRewriter`) all turn a batch into text here.
 
     Generates with the model's own generation config (beams widened to ``n`` if fewer), decodes,
-    respells uncased output from the question and each history turn, and keeps up to ``n``
-    distinct non-empty rewrites per question, best first; the question itself when the model
-    generated nothing usable (the app still needs a query to run).
+    respells uncased output from the question and each history turn, and returns up to ``n``
+    distinct rewrites per question, best first. The first is the best beam, or the question
+    itself where the best beam is empty (the app still needs a query to run), so the best
+    rewrite is the same whatever ``n`` (up to the configured beams); the others are the next
+    distinct non-empty beams.
     """
     beams = max(model.generation_config.num_beams or 1, n)
     generated = model.generate(
@@ -46,15 +48,15 @@ def generate_rewrites(
     )
     out: list[list[str]] = []
     for row, question in enumerate(batch.sources):
-        rewrites: list[str] = []
+        texts = []
         for ids in generated[row * n : (row + 1) * n].tolist():
             if restorer is not None:
-                text = restorer.restore(ids, batch.histories[row], question)
+                texts.append(restorer.restore(ids, batch.histories[row], question))
             else:
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            if text and text not in rewrites:
-                rewrites.append(text)
-        out.append(rewrites or [question])
+                texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        rewrites = [texts[0] or question]
+        rewrites += [t for t in dict.fromkeys(texts[1:]) if t and t not in rewrites]
+        out.append(rewrites)
     return out
 
 

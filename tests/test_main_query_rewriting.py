@@ -72,6 +72,11 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     assert float(logged["val/lift/coverage@10"]) == pytest.approx(
         float(logged["val/coverage@10"] - logged["val/copy/coverage@10"]), abs=1e-6
     )
+    # the union of the app's 3 rewrites finds at least what the best one finds
+    assert float(logged["val/union3_coverage@10"]) >= float(logged["val/coverage@10"]) - 1e-6
+    assert float(logged["val/lift/union3_coverage@10"]) == pytest.approx(
+        float(logged["val/union3_coverage@10"] - logged["val/copy/coverage@10"]), abs=1e-6
+    )
     # the mined target is the candidate that found the most picks: the judge agrees here
     assert float(logged["val/target/coverage@10"]) > float(logged["val/copy/coverage@10"])
     samples = list((Path(cli.trainer.log_dir) / "samples").glob("val_*.jsonl"))

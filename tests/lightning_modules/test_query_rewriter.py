@@ -231,8 +231,13 @@ def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
             module.restorer.restore(ids, batch.histories[row], batch.sources[row])
             for ids in scored.sequences[row * 3 : row * 3 + 3].tolist()
         ]
-        first_seen = list(dict.fromkeys(b for b in beams if b)) or [batch.sources[row]]
-        assert item["rewrites"] == first_seen
+        # the best beam (the question where it is empty), then the next distinct ones
+        best = beams[0] or batch.sources[row]
+        expected = [best] + [b for b in dict.fromkeys(beams[1:]) if b and b != best]
+        assert item["rewrites"] == expected
+    # the best rewrite does not depend on how many are asked for (validation's BLEU and the
+    # app's first variation are the same text)
+    assert [r[0] for r in module.rewrites(batch, 3)] == module.rewrite(batch)
 
 
 @pytest.mark.parametrize("history_order", ["question_first", "chronological"])
