@@ -198,9 +198,13 @@ class QueryRewritingDataModule(FeedbackDataModule):
 
     # -- loaders ---------------------------------------------------------------------------
 
-    def collator(self) -> RewriteCollator:
+    def collator(self, with_candidates: bool = False) -> RewriteCollator:
         return RewriteCollator(
-            self.input_encoder, self.input_format, self.max_target_tokens, self.max_text_chars
+            self.input_encoder,
+            self.input_format,
+            self.max_target_tokens,
+            self.max_text_chars,
+            with_candidates=with_candidates,
         )
 
     def loader(self, pairs: list[RewritePair], stage: str) -> DataLoader:
@@ -210,7 +214,9 @@ class QueryRewritingDataModule(FeedbackDataModule):
         common = {
             "batch_size": batch_size,
             "num_workers": self.num_workers,
-            "collate_fn": self.collator(),
+            # training batches carry every candidate of each record, for a listwise objective
+            # over them (cheap: a few more short texts to tokenise)
+            "collate_fn": self.collator(with_candidates=train),
             "persistent_workers": self.num_workers > 0,
         }
         if not train:

@@ -240,6 +240,28 @@ def parse_rewriting_record(raw: Any, file: str, index: int) -> RewritingRecord:
     )
 
 
+def _first_positions(candidate: Candidate, selected: set[str]) -> dict[str, int]:
+    """Each selected url the candidate retrieved, with the first position it retrieved it at."""
+    first_position: dict[str, int] = {}
+    for position, url in enumerate(candidate.sources):
+        if url in selected:
+            first_position.setdefault(url, position)
+    return first_position
+
+
+def candidate_coverages(record: RewritingRecord) -> list[tuple[str, int]]:
+    """Every candidate query of a record, once per normalised text (the first kept), with how
+    many of the user's selected sources it retrieved: the ranking of the candidates that a
+    listwise objective learns from (:mod:`lightning_modules.query_rewriter`)."""
+    selected = set(record.selected_sources)
+    out: dict[str, tuple[str, int]] = {}
+    for candidate in record.candidates:
+        key = normalise_query(candidate.query)
+        if key and key not in out:
+            out[key] = (candidate.query.strip(), len(_first_positions(candidate, selected)))
+    return list(out.values())
+
+
 def mine_target(record: RewritingRecord) -> MinedTarget | None:
     """The candidate the user's picks vouch for (rules in the module docstring), or ``None``."""
     selected = set(record.selected_sources)
@@ -247,10 +269,7 @@ def mine_target(record: RewritingRecord) -> MinedTarget | None:
     best: tuple[int, bool, Fraction] | None = None
     winner: Candidate | None = None
     for candidate in record.candidates:
-        first_position: dict[str, int] = {}
-        for position, url in enumerate(candidate.sources):
-            if url in selected:
-                first_position.setdefault(url, position)
+        first_position = _first_positions(candidate, selected)
         coverage = len(first_position)
         is_original = normalise_query(candidate.query) == original
         # Exact fractions so that equal rank scores tie exactly and rule 3 (mapping order)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.feedback import clip_text
-from datamodules.rewrite_feedback import RewritePair
+from datamodules.rewrite_feedback import RewritePair, candidate_coverages
 
 HistoryOrder = Literal["question_first", "chronological"]
 # Questions, history turns and targets are clipped to this many characters before tokenisation.
@@ -116,18 +116,30 @@ class RewriteBatch:
     targets: list[str | None]
     histories: list[tuple[str, ...]] = field(default_factory=list)  # for respelling output
     indices: list[int] = field(default_factory=list)
+    # training batches (``with_candidates``): every candidate query of each pair's app record
+    # as ``-100``-padded labels ``[B, C, T]``, the selected sources each found ``[B, C]`` and
+    # which slots are real ``[B, C]``; a pair without a record has its target alone
+    candidate_labels: torch.Tensor | None = None
+    candidate_grades: torch.Tensor | None = None
+    candidate_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def to(self, device: torch.device | str) -> RewriteBatch:
         """The batch with its tensors on ``device`` (texts as they are)."""
-        labels = None if self.labels is None else self.labels.to(device)
+
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
         return replace(
             self,
             input_ids=self.input_ids.to(device),
             attention_mask=self.attention_mask.to(device),
-            labels=labels,
+            labels=move(self.labels),
+            candidate_labels=move(self.candidate_labels),
+            candidate_grades=move(self.candidate_grades),
+            candidate_mask=move(self.candidate_mask),
         )
 
 
@@ -151,10 +163,12 @@ class RewriteCollator:
         input_format: RewriteInputFormat,
         max_target_tokens: int = 64,
         max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+        with_candidates: bool = False,
     ):
         self.tokenizer = tokenizer
         self.input_format = input_format
         self.max_target_tokens = max_target_tokens
+        self.with_candidates = with_candidates
         # Every text is clipped to this many characters before it is tokenised at all.
         self.max_text_chars = max_text_chars
 
@@ -183,15 +197,10 @@ class RewriteCollator:
         targets = [p.target for p in pairs]
         labels = None
         if all(t is not None for t in targets):
-            # Targets end with the end token and carry no start token: the model prepends its
-            # decoder start token itself (T5: pad, EncoderDecoder: [CLS]).
-            end = target_end_token_id(self.tokenizer)
-            clipped = [clip_text(t, self.max_text_chars) for t in targets]
-            ids = self.tokenizer(clipped, add_special_tokens=False)["input_ids"]
-            ids = [row[: self.max_target_tokens - 1] + [end] for row in ids]
-            labels = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
-            for row, values in enumerate(ids):
-                labels[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+            labels = self.labels(targets)
+        candidates = {}
+        if self.with_candidates and labels is not None:
+            candidates = self.candidates(pairs)
         return RewriteBatch(
             input_ids=encoded["input_ids"],
             attention_mask=encoded["attention_mask"],
@@ -200,4 +209,37 @@ class RewriteCollator:
             targets=targets,
             histories=[p.history for p in pairs],
             indices=indices,
+            **candidates,
         )
+
+    def labels(self, targets: Sequence[str]) -> torch.Tensor:
+        """``[N, T]`` label ids, ``-100``-padded. Targets end with the end token and carry no
+        start token: the model prepends its decoder start token itself (T5: pad,
+        EncoderDecoder: [CLS])."""
+        end = target_end_token_id(self.tokenizer)
+        clipped = [clip_text(t, self.max_text_chars) for t in targets]
+        ids = self.tokenizer(clipped, add_special_tokens=False)["input_ids"]
+        ids = [row[: self.max_target_tokens - 1] + [end] for row in ids]
+        labels = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
+        for row, values in enumerate(ids):
+            labels[row, : len(values)] = torch.tensor(values, dtype=torch.long)
+        return labels
+
+    def candidates(self, pairs: Sequence[RewritePair]) -> dict[str, torch.Tensor]:
+        """The candidate tensors of :class:`RewriteBatch` for ``pairs``."""
+        lists = [
+            candidate_coverages(p.record) if p.record is not None else [(p.target, 1)]
+            for p in pairs
+        ]
+        width = max(len(items) for items in lists)
+        flat = self.labels([query for items in lists for query, _ in items])
+        labels = torch.full((len(pairs), width, flat.shape[1]), -100, dtype=torch.long)
+        grades = torch.zeros(len(pairs), width)
+        mask = torch.zeros(len(pairs), width, dtype=torch.bool)
+        start = 0
+        for row, items in enumerate(lists):
+            labels[row, : len(items)] = flat[start : start + len(items)]
+            grades[row, : len(items)] = torch.tensor([float(g) for _, g in items])
+            mask[row, : len(items)] = True
+            start += len(items)
+        return {"candidate_labels": labels, "candidate_grades": grades, "candidate_mask": mask}

@@ -31,12 +31,14 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.modeling_outputs import BaseModelOutput
 
 from datamodules.rewrite_inputs import DEFAULT_MAX_TEXT_CHARS, RewriteBatch, target_end_token_id
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
+from lightning_modules.losses import RankingLoss
 from lightning_modules.metrics import COVERAGE_SYSTEMS, CoverageMetrics, RewriteMetrics
 from lightning_modules.retrieval_judge import RetrievalJudge
 from lightning_modules.rewriter_inference import generate_rewrites
@@ -163,6 +165,13 @@ class QueryRewriter(FeedbackModule):
             its network and tokenizer replace what ``init`` would build.
         torch_compile: ``torch.compile`` the network (opt-in).
         gradient_checkpointing: trade compute for activation memory (large models).
+        candidate_loss: learn from every logged candidate, not only the mined one: a ranking
+            loss of :mod:`lightning_modules.losses` (e.g. ``SoftmaxCrossEntropyLoss``) over
+            each app record's candidate queries, scored by their length-normalised sequence
+            log-likelihood (:meth:`candidate_scores`) and graded by how many of the user's
+            selected sources each retrieved; added to the token cross-entropy on the mined
+            target with ``candidate_loss_weight``. None (the default): that cross-entropy
+            alone. Not yet measured against it (see README).
     """
 
     architecture = ARCHITECTURE
@@ -192,9 +201,13 @@ class QueryRewriter(FeedbackModule):
         init_from: str | None = None,
         torch_compile: bool = False,
         gradient_checkpointing: bool = False,
+        candidate_loss: RankingLoss | None = None,
+        candidate_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["candidate_loss"])
+        self.candidate_loss = candidate_loss
+        self.candidate_loss_weight = candidate_loss_weight
         self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
@@ -257,7 +270,14 @@ class QueryRewriter(FeedbackModule):
 
     def loss_name(self) -> str:
         smoothing = f", label smoothing {self.label_smoothing}" if self.label_smoothing else ""
-        return f"token cross-entropy on the mined target{smoothing}"
+        name = f"token cross-entropy on the mined target{smoothing}"
+        if self.candidate_loss is not None:
+            name += (
+                f" + {self.candidate_loss_weight:g} x {type(self.candidate_loss).__name__} over "
+                "the logged candidates' mean token log-likelihoods, graded by selected sources "
+                "found"
+            )
+        return name
 
     def input_encoder(self):
         """What the data module encodes inputs with: this model's tokenizer (``main.py`` links
@@ -290,10 +310,40 @@ class QueryRewriter(FeedbackModule):
             label_smoothing=self.label_smoothing,
         )
 
+    def candidate_scores(self, batch: RewriteBatch) -> torch.Tensor:
+        """``[B, C]``: each candidate's mean token log-probability given the question (the
+        encoder runs once per question; padded candidate slots score 0)."""
+        labels = batch.candidate_labels
+        size, width, length = labels.shape
+        encoded = self.model.get_encoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        )
+        hidden = encoded.last_hidden_state.repeat_interleave(width, dim=0)
+        flat = labels.reshape(size * width, length)
+        logits = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=batch.attention_mask.repeat_interleave(width, dim=0),
+            decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=flat),
+        ).logits
+        real = flat != -100
+        token_logp = torch.log_softmax(logits.float(), dim=-1).gather(
+            -1, flat.clamp(min=0).unsqueeze(-1)
+        )
+        token_logp = token_logp.squeeze(-1) * real
+        mean = token_logp.sum(-1) / real.sum(-1).clamp(min=1)
+        return mean.view(size, width)
+
     def training_step(self, batch: RewriteBatch, batch_idx: int) -> torch.Tensor:
         if batch.labels is None:
             raise ValueError("training pairs need targets")
         loss = self(batch)
+        if self.candidate_loss is not None and batch.candidate_labels is not None:
+            self.log("train/target_loss", loss, batch_size=len(batch))
+            candidates = self.candidate_loss(
+                self.candidate_scores(batch), batch.candidate_grades, batch.candidate_mask
+            )
+            self.log("train/candidate_loss", candidates, batch_size=len(batch))
+            loss = loss + self.candidate_loss_weight * candidates
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 

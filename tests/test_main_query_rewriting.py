@@ -165,3 +165,25 @@ def test_bad_record_is_named_and_skip_mode_counts_it(tmp_path, tiny_backbone, re
     )
     report = cli.datamodule.reports["train"]
     assert (report.read, report.kept, report.n_dropped) == (40, 39, 1)
+
+
+def test_a_fit_learns_from_every_logged_candidate_when_asked(
+    tmp_path, tiny_backbone, rewriting_data_files
+):
+    app, pairs = rewriting_data_files
+    config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
+    cli = run_cli(
+        "fit",
+        "--config",
+        config,
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.candidate_loss",
+        "lightning_modules.losses.SoftmaxCrossEntropyLoss",
+    )
+    logged = cli.trainer.callback_metrics
+    assert {"train/candidate_loss", "train/target_loss", "val/coverage@10"} <= set(logged)
+    total = logged["train/target_loss"] + logged["train/candidate_loss"]  # weight 1
+    assert float(logged["train/loss"]) == pytest.approx(float(total), rel=1e-4)
+    metadata = json.loads((Path(cli.trainer.log_dir) / "export" / EXPORT_METADATA_FILE).read_text())
+    assert "over the logged candidates" in metadata["training"]["loss"]

@@ -341,3 +341,109 @@ def test_the_apps_rewriter_loader_needs_no_lightning():
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def candidate_record(index: int, original: str, better: str):
+    """An app record where ``better`` found two of the three picks and ``original`` one."""
+    from datamodules.rewrite_feedback import parse_rewriting_record
+
+    urls = [f"u/{index}/{k}" for k in range(4)]
+    raw = {
+        "original_query": original,
+        "selected_sources": urls[:3],
+        "query_source_mapping": {
+            "original query": {"query": original, "sources": [urls[2], urls[3]]},
+            "rewrite 1": {"query": better, "sources": urls[:2]},
+            "again": {"query": better.upper(), "sources": []},  # the same query: kept once
+        },
+    }
+    return parse_rewriting_record(raw, "log.json", index)
+
+
+def candidate_pairs() -> list[RewritePair]:
+    records = [
+        candidate_record(0, "what is the capital", "what is the capital of france"),
+        candidate_record(1, "who is the president", "who is the president of germany"),
+    ]
+    out = [RewritePair(r.original_query, r.candidates[1].query, record=r) for r in records]
+    return [*out, RewritePair("plain pair", "a plain pair")]  # no record: its target alone
+
+
+def test_candidates_are_each_records_queries_graded_by_the_picks_they_found(tiny_backbone):
+    from datamodules.rewrite_feedback import candidate_coverages
+
+    record = candidate_pairs()[0].record
+    assert candidate_coverages(record) == [
+        ("what is the capital", 1),
+        ("what is the capital of france", 2),
+    ]
+    module = tiny_t5(tiny_backbone)
+    collate = RewriteCollator(
+        module.tokenizer, RewriteInputFormat(max_source_tokens=32), 16, with_candidates=True
+    )
+    batch = collate(list(enumerate(candidate_pairs())))
+    assert batch.candidate_labels.shape[:2] == (3, 2)
+    assert batch.candidate_mask.tolist() == [[True, True], [True, True], [True, False]]
+    assert batch.candidate_grades.tolist() == [[1.0, 2.0], [1.0, 2.0], [1.0, 0.0]]
+    # each candidate's labels are what the target labels of that text would be
+    alone = collate.labels(["what is the capital of france"])[0]
+    row = batch.candidate_labels[0, 1]
+    assert torch.equal(row[row != -100], alone[alone != -100])
+    # evaluation batches (no with_candidates) carry none
+    assert batch_of(module, PAIRS).candidate_labels is None
+
+
+def test_candidate_scores_are_the_models_own_mean_token_log_likelihood(tiny_backbone):
+    module = tiny_t5(tiny_backbone).eval()
+    collate = RewriteCollator(
+        module.tokenizer, RewriteInputFormat(max_source_tokens=32), 16, with_candidates=True
+    )
+    batch = collate(list(enumerate(candidate_pairs())))
+    with torch.no_grad():
+        scores = module.candidate_scores(batch)
+        for row in range(3):
+            for slot in range(2):
+                if not batch.candidate_mask[row, slot]:
+                    continue
+                labels = batch.candidate_labels[row, slot]
+                labels = labels[labels != -100].unsqueeze(0)
+                reference = module.model(  # transformers' own loss: mean token cross-entropy
+                    input_ids=batch.input_ids[row : row + 1],
+                    attention_mask=batch.attention_mask[row : row + 1],
+                    labels=labels,
+                ).loss
+                assert scores[row, slot].item() == pytest.approx(-reference.item(), abs=1e-5)
+
+
+def test_the_candidate_loss_teaches_the_better_candidate(tiny_backbone):
+    """The mined target is the *worse* candidate here (the question itself): trained on it
+    alone, the model learns to prefer it; the candidate loss pulls towards the better one."""
+    from lightning_modules.losses import SoftmaxCrossEntropyLoss
+
+    pairs = [RewritePair(p.source, p.source, record=p.record) for p in candidate_pairs()[:2]]
+
+    def margin_after_training(**kwargs) -> float:
+        module = tiny_t5(tiny_backbone, **kwargs)
+        collate = RewriteCollator(
+            module.tokenizer, RewriteInputFormat(max_source_tokens=32), 16, with_candidates=True
+        )
+        batch = collate(list(enumerate(pairs)))
+        optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+        module.train()
+        for _ in range(30):
+            optimizer.zero_grad()
+            module.training_step(batch, 0).backward()
+            optimizer.step()
+        module.eval()
+        with torch.no_grad():
+            scores = module.candidate_scores(batch)
+        return float((scores[:, 1] - scores[:, 0]).mean())  # better minus worse
+
+    target_only = margin_after_training()
+    with_candidates = margin_after_training(
+        candidate_loss=SoftmaxCrossEntropyLoss(), candidate_loss_weight=5.0
+    )
+    assert target_only < 0  # it learnt the mined target
+    assert with_candidates > target_only + 0.5
+    module = tiny_t5(tiny_backbone, candidate_loss=SoftmaxCrossEntropyLoss())
+    assert "SoftmaxCrossEntropyLoss over the logged candidates" in module.loss_name()
