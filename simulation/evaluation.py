@@ -70,9 +70,19 @@ def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
 
 def untouched_backbone(folder: str | Path):
     """The packaged all-MiniLM-L6-v2 bi-encoder, exported untouched to ``folder`` and loaded by
-    the app's loader: the model before any fine-tuning (a display policy, a baseline)."""
-    from lightning_modules.inference import ExportedReranker
+    the app's loader: the model before any fine-tuning (a display policy, a baseline). A
+    folder already there from an earlier run is loaded if it is such an export (never
+    replaced); anything else there is refused."""
+    from lightning_modules.inference import ExportedReranker, read_metadata
     from lightning_modules.reranker import BiEncoderReranker
 
-    BiEncoderReranker(anchor_weight=0.0).export(folder)
+    untouched = BiEncoderReranker(anchor_weight=0.0)
+    folder = Path(folder)
+    if folder.exists():  # (an export of a fit records its validation; this one has none)
+        metadata = read_metadata(folder)
+        fitted = (metadata.get("training") or {}).get("validation") or metadata.get("init_from")
+        if fitted or metadata.get("base_model") != untouched.model_name_or_path:
+            raise FileExistsError(f"{folder} holds another model, not the untouched backbone")
+        return ExportedReranker.load(folder)
+    untouched.export(folder)
     return ExportedReranker.load(folder)

@@ -220,3 +220,24 @@ def test_display_policy_builds_what_the_benchmarks_name(tmp_path) -> None:
     assert both.policies[1] == RandomOrder(seed=4)
     with pytest.raises(ValueError, match="unknown display"):
         display_policy(["alphabetical"], tmp_path)
+
+
+@pytest.mark.slow  # exports the packaged MiniLM
+def test_the_untouched_backbone_is_reused_from_an_earlier_run_and_nothing_else_is(tmp_path):
+    from simulation.evaluation import untouched_backbone
+
+    folder = tmp_path / "backbone"
+    first = untouched_backbone(folder)
+    written = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    again = untouched_backbone(folder)  # a benchmark rerun in the same work dir
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == written
+    np.testing.assert_allclose(
+        again.score("capital of france", ["paris", "rome"]),
+        first.score("capital of france", ["paris", "rome"]),
+    )
+    metadata = folder / "feedback_finetuning.json"
+    record = json.loads(metadata.read_text())
+    record["training"] = {**(record.get("training") or {}), "validation": {"value": 0.9}}
+    metadata.write_text(json.dumps(record))
+    with pytest.raises(FileExistsError, match="not the untouched backbone"):
+        untouched_backbone(folder)
