@@ -30,6 +30,10 @@ def run_cli(*args):
     return main.main([str(a) for a in args])
 
 
+def fit_one_epoch(config, *extra):
+    return run_cli("fit", "--config", config, "--trainer.max_epochs", "1", *extra)
+
+
 def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     tmp_path, tiny_backbone, rewriting_data_files, caplog, capsys
 ):
@@ -153,16 +157,8 @@ def test_bad_record_is_named_and_skip_mode_counts_it(tmp_path, tiny_backbone, re
     app.write_text(json.dumps(data))
     config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
     with pytest.raises(Exception, match=r"record 3: field 'query_source_mapping\['rewrite 1'\]"):
-        run_cli("fit", "--config", config, "--trainer.max_epochs", "1")
-    cli = run_cli(
-        "fit",
-        "--config",
-        config,
-        "--trainer.max_epochs",
-        "1",
-        "--data.init_args.on_invalid",
-        "skip",
-    )
+        fit_one_epoch(config)
+    cli = fit_one_epoch(config, "--data.init_args.on_invalid", "skip")
     report = cli.datamodule.reports["train"]
     assert (report.read, report.kept, report.n_dropped) == (40, 39, 1)
 
@@ -172,15 +168,8 @@ def test_a_fit_learns_from_every_logged_candidate_when_asked(
 ):
     app, pairs = rewriting_data_files
     config = write_rewriter_config(tmp_path, tiny_backbone, [app, pairs])
-    cli = run_cli(
-        "fit",
-        "--config",
-        config,
-        "--trainer.max_epochs",
-        "1",
-        "--model.init_args.candidate_loss",
-        "lightning_modules.losses.SoftmaxCrossEntropyLoss",
-    )
+    loss = "lightning_modules.losses.SoftmaxCrossEntropyLoss"
+    cli = fit_one_epoch(config, "--model.init_args.candidate_loss", loss)
     logged = cli.trainer.callback_metrics
     assert {"train/candidate_loss", "train/target_loss", "val/coverage@10"} <= set(logged)
     total = logged["train/target_loss"] + logged["train/candidate_loss"]  # weight 1
