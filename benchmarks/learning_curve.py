@@ -13,10 +13,10 @@ reranker recipe is fine-tuned on those picks with each ``--methods`` entry:
   harvesting (:mod:`datamodules.propensity`; needs ``--display bm25 backbone``, orders that
   change between impressions);
 * ``skip_above``: unpicked sources below the lowest pick left out of training (``SkipAbove``);
-* ``no_display_prior``: naive without the display prior (which every other method fits, as
-  the recipe does: the display rank mixed into the scores with the weight that maximises the
-  validation picks' propensity-weighted DCG; the test lists are given in BM25 order, the
-  display; the oracle, whose labels carry no position bias, chooses on their plain DCG);
+* ``display_prior``: naive training with the display prior (``configs/display_prior.yaml``:
+  the display rank mixed into the scores with the weight that maximises the validation picks'
+  propensity-weighted DCG at ``eval_propensity_eta``; the test lists are given in BM25 order,
+  the display);
 * ``oracle``: the same impressions labelled with their true grades;
 
 each choosing its checkpoint on its own validation split of the feedback (picks; the oracle's
@@ -85,16 +85,17 @@ METHODS = (
     "ips",
     "ips_estimated",
     "skip_above",
-    "no_display_prior",
+    "display_prior",
     "oracle",
 )
+DISPLAY_PRIOR_OVERLAY = REPO_ROOT / "configs" / "display_prior.yaml"
 
 
 def method_arguments(method: str, eta: float, train_file: Path) -> list[str]:
     """The ``main.py fit`` arguments that make the default recipe into ``method``."""
-    if method == "no_display_prior":
-        return ["--model.init_args.display_prior_weights=null"]
-    if method == "oracle":  # true labels: no position bias for ips_dcg@10 to undo
+    if method == "display_prior":
+        return ["--config", str(DISPLAY_PRIOR_OVERLAY)]
+    if method == "oracle":  # true labels: no position bias for ips_dcg@10 to undo (the metric)
         return ["--model.init_args.eval_propensity_eta=0"]
     if method == "ips_estimated":  # intervention harvesting on the very log trained on
         from datamodules.propensity import estimate_propensities

@@ -9,11 +9,11 @@ fine-tuned on through this project, and its labels are true relevance, not picks
 * ``backbone``: the untouched all-MiniLM-L6-v2 bi-encoder;
 * ``ours``: the default recipe (``configs/reranker.yaml``) on WikiQA train
   (``training_data/wikiqa_feedback.json``'s train records), checkpoint chosen on WikiQA dev
-  (``training_data/wikiqa_dev_canary.json``) by the fit's own ``val/ndcg@10``, and the
-  recipe's display prior (the model's score mixed with WikiQA's own order) with its weight
-  chosen on WikiQA dev too; the labels are editorial, with no position bias to correct, so
-  the weight is chosen on their plain DCG (``eval_propensity_eta: 0``);
-* ``ours-without-prior``: the same without the display prior (the ablation);
+  (``training_data/wikiqa_dev_canary.json``) by the fit's own ``val/ndcg@10``;
+* ``ours+display-prior``: the same with the display prior (``configs/display_prior.yaml``: the
+  model's score mixed with WikiQA's own order), its weight chosen on WikiQA dev too; the labels
+  are editorial, with no position bias to correct, so on their plain DCG
+  (``eval_propensity_eta: 0``, given to both);
 * ``st-cross-encoder``: the original scripts' recipe, the peer a user would reach for:
   sentence-transformers' ``CrossEncoder`` on the same backbone (a fresh one-unit head),
   ``CrossEncoderTrainer`` with ``BinaryCrossEntropyLoss``, 3 epochs, batch 16, 100 warm-up
@@ -63,12 +63,16 @@ from simulation.labelled import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "reranker.yaml"
-SYSTEMS = ("display", "backbone", "ours", "ours-without-prior", "st-cross-encoder")
+SYSTEMS = ("display", "backbone", "ours", "ours+display-prior", "st-cross-encoder")
 EDITORIAL_LABELS = ["--model.init_args.eval_propensity_eta=0"]  # nothing to de-bias
 # the fit arguments of each of our systems
 OURS = {
     "ours": EDITORIAL_LABELS,
-    "ours-without-prior": [*EDITORIAL_LABELS, "--model.init_args.display_prior_weights=null"],
+    "ours+display-prior": [
+        *EDITORIAL_LABELS,
+        "--config",
+        str(REPO_ROOT / "configs" / "display_prior.yaml"),
+    ],
 }
 
 

@@ -29,7 +29,6 @@ from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
 from lightning_modules.backbones import resolve_model_path
 from lightning_modules.base import FeedbackModule
 from lightning_modules.display_prior import (
-    DEFAULT_WEIGHTS,
     FITTED_ON,
     check_weights,
     mix_with_display,
@@ -100,8 +99,11 @@ class RerankerModule(FeedbackModule):
             the model's score with the display rank maximises ``val/ips_dcg@10`` is chosen and
             logged (``val/display_prior/*``), and the export carries it: the app's loader then
             ranks with the mix (weight 0: the model alone). The other validation metrics stay
-            the model's alone. None: no prior fitted (a warm start, ``init_from``, that has one
-            keeps ranking with its weight).
+            the model's alone. Opt-in (``configs/display_prior.yaml`` has the grid
+            :data:`~lightning_modules.display_prior.DEFAULT_WEIGHTS`): the choice is only as good
+            as ``eval_propensity_eta``, and on simulated picks with eta 2 judged at eta 1 it
+            took the position bias for information (README). None (the default): no prior
+            fitted (a warm start, ``init_from``, that has one keeps ranking with its weight).
     """
 
     architecture: str = ""
@@ -126,7 +128,7 @@ class RerankerModule(FeedbackModule):
         chunk_checkpointing: bool = False,
         position_bias: NaivePositions | None = None,
         eval_propensity_eta: float = 1.0,
-        display_prior_weights: Sequence[float] | None = DEFAULT_WEIGHTS,
+        display_prior_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "position_bias"])

@@ -209,6 +209,7 @@ JOBS = [
     ("reranker.yaml", "position_ips.yaml"),
     ("reranker.yaml", "position_skip_above.yaml"),
     ("reranker.yaml", "select_debiased.yaml"),
+    ("reranker.yaml", "display_prior.yaml"),
     ("query_rewriting_offline.yaml",),
     ("query_rewriting_offline.yaml", "query_rewriting.yaml"),
 ]
@@ -324,16 +325,9 @@ def test_a_fit_with_the_display_prior_exports_the_weight_of_its_best_checkpoint(
     tmp_path, tiny_backbone, feedback_file
 ):
     config = write_reranker_config(tmp_path, tiny_backbone, feedback_file, "bi")
-    grid = yaml.safe_load((REPO / "configs" / "model" / "bi_encoder.yaml").read_text())
-    grid = grid["init_args"]["display_prior_weights"]
-    cli = run_cli(
-        "fit",
-        "--config",
-        config,
-        f"--model.init_args.display_prior_weights={json.dumps(grid)}",
-        "--trainer.max_epochs",
-        "2",
-    )
+    overlay = REPO / "configs" / "display_prior.yaml"
+    grid = yaml.safe_load(overlay.read_text())["model"]["init_args"]["display_prior_weights"]
+    cli = run_cli("fit", "--config", config, "--config", overlay, "--trainer.max_epochs", "2")
     logged = cli.trainer.callback_metrics
     assert float(logged["val/display_prior/weight"]) in grid
     # the mix at the chosen weight is at least as good on the debiased metric as the model

@@ -28,7 +28,7 @@ EXPECTED = {
     "ips": "InversePropensityWeighting",
     "ips_estimated": "InversePropensityWeighting",
     "skip_above": "SkipAbove",
-    "no_display_prior": None,
+    "display_prior": None,
 }
 
 
@@ -41,7 +41,7 @@ def test_each_method_is_a_command_line_the_cli_accepts(method, tmp_path):
     )
     extra = learning_curve.method_arguments(method, 1.0, log)
     model = printed_model_args(*extra)
-    assert (model["display_prior_weights"] is None) == (method == "no_display_prior")
+    assert (model["display_prior_weights"] is not None) == (method == "display_prior")
     assert model["eval_propensity_eta"] == (0.0 if method == "oracle" else 1.0)
     position_bias = model["position_bias"]
     if EXPECTED[method] is None:

@@ -19,9 +19,9 @@ spec.loader.exec_module(wikiqa)
 def test_our_systems_fit_the_prior_on_plain_dcg_or_not_at_all(system):
     model = printed_model_args(*wikiqa.OURS[system])
     assert model["eval_propensity_eta"] == 0.0  # editorial labels
-    if system == "ours":  # the recipe's prior
+    if system == "ours+display-prior":
         assert model["display_prior_weights"][0] == 0.0 and len(model["display_prior_weights"]) > 1
-    else:
+    else:  # the default recipe: no prior
         assert model["display_prior_weights"] is None
 
 
