@@ -29,8 +29,6 @@ from collections.abc import Sequence
 
 import torch
 
-# In z-units of the display rank; 0 first: on a tie, the model alone.
-DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 # the metric the weight is chosen on (debiased; see the module docstring)
 FITTED_ON = "ips_dcg@10"
 

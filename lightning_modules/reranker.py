@@ -99,8 +99,8 @@ class RerankerModule(FeedbackModule):
             the model's score with the display rank maximises ``val/ips_dcg@10`` is chosen and
             logged (``val/display_prior/*``), and the export carries it: the app's loader then
             ranks with the mix (weight 0: the model alone). The other validation metrics stay
-            the model's alone. Opt-in (``configs/display_prior.yaml`` has the grid
-            :data:`~lightning_modules.display_prior.DEFAULT_WEIGHTS`): the choice is only as good
+            the model's alone. Opt-in (``configs/display_prior.yaml`` holds the shipped grid, in
+            z-units of the display rank, 0 first): the choice is only as good
             as ``eval_propensity_eta``, and on simulated picks with eta 2 judged at eta 1 it
             took the position bias for information (README). None (the default): no prior
             fitted (a warm start, ``init_from``, that has one keeps ranking with its weight).
