@@ -56,9 +56,9 @@ import numpy as np  # noqa: E402
 
 from lightning_modules.hardware import describe_cpu  # noqa: E402
 from simulation.display import (  # noqa: E402
-    DISPLAYS,
     BM25Order,
     FileOrder,
+    add_display_argument,
     display_policy,
     in_display_order,
 )
@@ -278,12 +278,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS, default=["naive", "additive", "oracle"]
     )
-    parser.add_argument(
-        "--display",
-        nargs="+",
-        choices=DISPLAYS,
-        default=["bm25"],
-        help="several: they take turns by impression (ips_estimated needs bm25 backbone)",
+    add_display_argument(
+        parser, "several: they take turns by impression (ips_estimated needs bm25 backbone)"
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--overlay", nargs="*", default=[], help="configs stacked after it")

@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from simulation.display import DISPLAYS, display_policy  # noqa: E402
+from simulation.display import add_display_argument, display_policy  # noqa: E402
 from simulation.labelled import load_labelled_lists  # noqa: E402
 from simulation.simulator import simulate, with_true_labels, write_feedback  # noqa: E402
 from simulation.users import PositionBasedUser  # noqa: E402
@@ -75,12 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--input", nargs="+", default=[DEFAULT_INPUT], help="app-format files")
     parser.add_argument("--query-id-prefix", default="wikiqa-train-", help="'' for every list")
-    parser.add_argument(
-        "--display",
-        nargs="+",
-        choices=DISPLAYS,
-        default=["bm25"],
-        help="several: they take turns by impression (the app's order changing over time)",
+    add_display_argument(
+        parser, "several: they take turns by impression (the app's order changing over time)"
     )
     parser.add_argument("--plot", default=None, help="examination by rank, estimated and true")
     parser.add_argument("--eta", type=float, default=1.0, help="position-bias strength")

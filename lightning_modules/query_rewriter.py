@@ -263,7 +263,7 @@ class QueryRewriter(FeedbackModule):
         # what each rewrite finds: the retrieval judge over the log's sources (built from the
         # data module's app records when evaluation first needs it)
         self.coverage = nn.ModuleDict({stage: CoverageMetrics() for stage in ("val", "test")})
-        self._judge: tuple[tuple[int, ...], RetrievalJudge | None] | None = None
+        self._judge: tuple[tuple, RetrievalJudge | None] | None = None
         self._samples: list[dict[str, str]] = []
 
     # -- text ------------------------------------------------------------------------------
@@ -294,12 +294,20 @@ class QueryRewriter(FeedbackModule):
 
     # -- training --------------------------------------------------------------------------
 
-    def forward(self, batch: RewriteBatch) -> torch.Tensor:
+    def encode(self, batch: RewriteBatch) -> BaseModelOutput:
+        """The encoder's output for the batch's questions (shared by the target's and the
+        candidates' losses, so the encoder runs once a step)."""
+        return self.model.get_encoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        )
+
+    def forward(self, batch: RewriteBatch, encoded: BaseModelOutput | None = None) -> torch.Tensor:
         # Decoder inputs are made from the labels here rather than by passing ``labels=``, which
         # would make transformers compute a second cross-entropy over the whole vocabulary.
         decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=batch.labels)
         logits = self.model(
-            input_ids=batch.input_ids,
+            input_ids=None if encoded is not None else batch.input_ids,
+            encoder_outputs=encoded,
             attention_mask=batch.attention_mask,
             decoder_input_ids=decoder_input_ids,
         ).logits
@@ -310,14 +318,14 @@ class QueryRewriter(FeedbackModule):
             label_smoothing=self.label_smoothing,
         )
 
-    def candidate_scores(self, batch: RewriteBatch) -> torch.Tensor:
+    def candidate_scores(
+        self, batch: RewriteBatch, encoded: BaseModelOutput | None = None
+    ) -> torch.Tensor:
         """``[B, C]``: each candidate's mean token log-probability given the question (the
         encoder runs once per question; padded candidate slots score 0)."""
         labels = batch.candidate_labels
         size, width, length = labels.shape
-        encoded = self.model.get_encoder()(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        )
+        encoded = encoded if encoded is not None else self.encode(batch)
         hidden = encoded.last_hidden_state.repeat_interleave(width, dim=0)
         flat = labels.reshape(size * width, length)
         logits = self.model(
@@ -336,11 +344,14 @@ class QueryRewriter(FeedbackModule):
     def training_step(self, batch: RewriteBatch, batch_idx: int) -> torch.Tensor:
         if batch.labels is None:
             raise ValueError("training pairs need targets")
-        loss = self(batch)
-        if self.candidate_loss is not None and batch.candidate_labels is not None:
+        if self.candidate_loss is None or batch.candidate_labels is None:
+            loss = self(batch)
+        else:
+            encoded = self.encode(batch)
+            loss = self(batch, encoded)
             self.log("train/target_loss", loss, batch_size=len(batch))
             candidates = self.candidate_loss(
-                self.candidate_scores(batch), batch.candidate_grades, batch.candidate_mask
+                self.candidate_scores(batch, encoded), batch.candidate_grades, batch.candidate_mask
             )
             self.log("train/candidate_loss", candidates, batch_size=len(batch))
             loss = loss + self.candidate_loss_weight * candidates
@@ -356,14 +367,13 @@ class QueryRewriter(FeedbackModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is None:
             return None
-        records = [
-            pair.record
-            for stage in ("train", "val", "test")
-            for pair in getattr(datamodule, f"{stage}_pairs", None) or []
-            if getattr(pair, "record", None) is not None
+        # (called every evaluation batch: the loaded lists identify what was indexed)
+        loaded = [
+            getattr(datamodule, f"{stage}_pairs", None) or () for stage in ("train", "val", "test")
         ]
-        key = tuple(id(r) for r in records)
+        key = tuple((id(pairs) if pairs else None, len(pairs)) for pairs in loaded)
         if self._judge is None or self._judge[0] != key:
+            records = [p.record for pairs in loaded for p in pairs if getattr(p, "record", None)]
             judge = None
             if records:
                 try:

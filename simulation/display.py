@@ -140,6 +140,12 @@ class Alternating:
 DISPLAYS = ("file", "bm25", "random", "backbone")
 
 
+def add_display_argument(parser, help: str) -> None:
+    """The benchmarks' ``--display`` option (names of :data:`DISPLAYS`; BM25 by default), for
+    :func:`display_policy`."""
+    parser.add_argument("--display", nargs="+", choices=DISPLAYS, default=["bm25"], help=help)
+
+
 def display_policy(names: Sequence[str], work_dir: str | Path, seed: int = 0) -> DisplayPolicy:
     """The policy the benchmarks' ``--display`` names: one of :data:`DISPLAYS`, or several
     taking turns by impression (:class:`Alternating`). ``backbone`` exports the untouched model

@@ -73,16 +73,16 @@ def untouched_backbone(folder: str | Path):
     the app's loader: the model before any fine-tuning (a display policy, a baseline). A
     folder already there from an earlier run is loaded if it is such an export (never
     replaced); anything else there is refused."""
+    from lightning_modules.backbones import EMBEDDED_MINILM_NAMES
     from lightning_modules.inference import ExportedReranker, read_metadata
     from lightning_modules.reranker import BiEncoderReranker
 
-    untouched = BiEncoderReranker(anchor_weight=0.0)
     folder = Path(folder)
     if folder.exists():  # (an export of a fit records its validation; this one has none)
         metadata = read_metadata(folder)
         fitted = (metadata.get("training") or {}).get("validation") or metadata.get("init_from")
-        if fitted or metadata.get("base_model") != untouched.model_name_or_path:
+        if fitted or metadata.get("base_model") not in EMBEDDED_MINILM_NAMES:
             raise FileExistsError(f"{folder} holds another model, not the untouched backbone")
-        return ExportedReranker.load(folder)
-    untouched.export(folder)
+    else:
+        BiEncoderReranker(anchor_weight=0.0).export(folder)
     return ExportedReranker.load(folder)
