@@ -390,38 +390,45 @@ class RewriteMetrics(Metric):
 
 
 # the systems whose queries the retrieval judge scores in validation: the model's best rewrite,
-# the question itself (the copy baseline), the mined target (what the log's best candidate
-# found) and the union of the model's rewrites (the app searches with several)
-COVERAGE_SYSTEMS = ("model", "copy", "target", "union")
+# the question itself (the copy baseline) and the mined target (what the log's best candidate
+# found); the rewriter adds the union of its first n variations (the app searches with several)
+# for each n it judges (union_system(n))
+COVERAGE_SYSTEMS = ("model", "copy", "target")
+
+
+def union_system(n: int) -> str:
+    """The coverage system of the union of a rewriter's first ``n`` variations."""
+    return f"union{n}"
 
 
 class CoverageMetrics(Metric):
     """Per-pair coverage@k (:class:`~lightning_modules.retrieval_judge.RetrievalJudge`) of the
-    model's rewrite, of the question itself, of the mined target and of the union of the
-    model's rewrites (:data:`COVERAGE_SYSTEMS`), gathered across batches
+    model's rewrite, of the question itself, of the mined target (:data:`COVERAGE_SYSTEMS`) and
+    of whatever other query sets ``systems`` names (unions of variations), gathered across batches
     and processes; ``compute()`` gives each system's mean over the pairs that have selected
     sources, ``per_pair()`` the values by pair index (for paired comparisons)."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, systems: Sequence[str] = COVERAGE_SYSTEMS) -> None:
         super().__init__()
+        self.systems = tuple(systems)
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")  # [N, systems]
 
     def update(self, values: torch.Tensor, indices: Sequence[int]) -> None:
-        """``values[N, len(COVERAGE_SYSTEMS)]`` for the pairs ``indices``."""
+        """``values[N, len(systems)]`` for the pairs ``indices``."""
         self.index.append(torch.as_tensor(list(indices), dtype=torch.long, device=self.device))
         self.values.append(values.float().to(self.device))
 
     def per_pair(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if _is_empty(self.index):
-            return torch.zeros(0, dtype=torch.long), {s: torch.zeros(0) for s in COVERAGE_SYSTEMS}
+            return torch.zeros(0, dtype=torch.long), {s: torch.zeros(0) for s in self.systems}
         index, values = dim_zero_cat(self.index), dim_zero_cat(self.values)
         order = torch.argsort(index, stable=True)
         index, values = index[order].cpu(), values[order].cpu()
         kept = ~torch.isnan(values).any(1)
-        return index[kept], {s: values[kept, i] for i, s in enumerate(COVERAGE_SYSTEMS)}
+        return index[kept], {s: values[kept, i] for i, s in enumerate(self.systems)}
 
     def compute(self) -> dict[str, torch.Tensor]:
         _, values = self.per_pair()

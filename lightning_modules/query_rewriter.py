@@ -39,9 +39,18 @@ from lightning_modules.base import FeedbackModule
 from lightning_modules.export import export_folder, read_export_metadata
 from lightning_modules.loggers import log_examples
 from lightning_modules.losses import RankingLoss
-from lightning_modules.metrics import COVERAGE_SYSTEMS, CoverageMetrics, RewriteMetrics
+from lightning_modules.metrics import (
+    COVERAGE_SYSTEMS,
+    CoverageMetrics,
+    RewriteMetrics,
+    union_system,
+)
 from lightning_modules.retrieval_judge import RetrievalJudge
-from lightning_modules.rewriter_inference import generate_rewrites
+from lightning_modules.rewriter_inference import (
+    RewriteVariations,
+    VariationMethod,
+    generate_rewrites,
+)
 from lightning_modules.surface import SurfaceRestorer, needs_surface_restoration
 
 log = logging.getLogger(__name__)
@@ -150,8 +159,18 @@ class QueryRewriter(FeedbackModule):
         num_beams, max_new_tokens, repetition_penalty, length_penalty, no_repeat_ngram_size:
             generation settings for validation, test, predict, and saved in the export's
             ``generation_config.json`` (so plain ``model.generate`` behaves the same).
-        num_return_sequences: rewrites per question written by ``predict`` (the app searches
-            with several), and whose union validation judges (``val/union{n}_coverage@10``).
+        num_return_sequences: rewrites per question written by ``predict`` and returned by the
+            app's loader (the app searches with several).
+        variation_method, variation_pool, sampling_top_p, sampling_temperature: how those
+            variations are chosen (:class:`~lightning_modules.rewriter_inference.
+            RewriteVariations`): ``beams`` (the next distinct beams), ``novel_terms`` (from a
+            beam search over ``variation_pool`` beams, each next variation the one adding the
+            most new content words) or ``sampling`` (nucleus samples after the best beam).
+            Saved in the export, so the app's loader chooses them the same way.
+        union_sizes: validation judges the union of the first ``n`` variations for each ``n``
+            here (``val/union{n}_coverage@10``), from one beam search: ``num_beams`` is raised
+            to the largest ``n`` (and ``num_return_sequences``), so the best rewrite is the same
+            in validation, ``predict`` and the app whatever ``n`` they ask for.
         restore_surface: respell uncased output from the question and history (see
             :mod:`lightning_modules.surface`); ``None``: only for tokenizers that lowercase.
         num_logged_examples: validation rewrites sent to the logger each epoch.
@@ -194,6 +213,11 @@ class QueryRewriter(FeedbackModule):
         length_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
         num_return_sequences: int = 3,
+        variation_method: VariationMethod = "beams",
+        variation_pool: int = 10,
+        sampling_top_p: float = 0.9,
+        sampling_temperature: float = 1.0,
+        union_sizes: tuple[int, ...] = (1, 3, 5),
         restore_surface: bool | None = None,
         num_logged_examples: int = 8,
         dropout: bool | None = None,
@@ -236,6 +260,24 @@ class QueryRewriter(FeedbackModule):
         self.freeze_unused_pooler(getattr(self.model, "encoder", None))
         if dropout is not None:
             self.model.train(dropout)
+        self.variations = RewriteVariations(
+            variation_method, variation_pool, sampling_top_p, sampling_temperature
+        )
+        if not union_sizes or min(union_sizes) < 1 or num_return_sequences < 1:
+            raise ValueError("union_sizes and num_return_sequences must be positive")
+        self.union_sizes = tuple(sorted(set(union_sizes)))
+        # one beam search serves every n (see union_sizes)
+        self.max_variations = max(num_return_sequences, *self.union_sizes)
+        beams = self.variations.beams(num_beams, self.max_variations)
+        if beams != num_beams:
+            log.info(
+                "num_beams %d -> %d: one beam search gives up to %d variations (%s)",
+                num_beams,
+                beams,
+                self.max_variations,
+                variation_method,
+            )
+        num_beams = beams
         generation = self.model.generation_config
         generation.num_beams = num_beams
         generation.max_new_tokens = max_new_tokens
@@ -262,7 +304,10 @@ class QueryRewriter(FeedbackModule):
         )
         # what each rewrite finds: the retrieval judge over the log's sources (built from the
         # data module's app records when evaluation first needs it)
-        self.coverage = nn.ModuleDict({stage: CoverageMetrics() for stage in ("val", "test")})
+        self.coverage_systems = (*COVERAGE_SYSTEMS, *(union_system(n) for n in self.union_sizes))
+        self.coverage = nn.ModuleDict(
+            {stage: CoverageMetrics(self.coverage_systems) for stage in ("val", "test")}
+        )
         self._judge: tuple[tuple, RetrievalJudge | None] | None = None
         self._samples: list[dict[str, str]] = []
 
@@ -286,7 +331,9 @@ class QueryRewriter(FeedbackModule):
 
     def rewrites(self, batch: RewriteBatch, n: int = 1) -> list[list[str]]:
         """Up to ``n`` distinct rewrites of every question of the batch, best first."""
-        return generate_rewrites(self.model, self.tokenizer, self.restorer, batch, n)
+        return generate_rewrites(
+            self.model, self.tokenizer, self.restorer, batch, n, self.variations
+        )
 
     def rewrite(self, batch: RewriteBatch) -> list[str]:
         """The best rewrite of every question of the batch."""
@@ -403,9 +450,10 @@ class QueryRewriter(FeedbackModule):
                 "model": rewrites[row][:1],
                 "copy": [batch.sources[row]],
                 "target": [targets[row]],
-                "union": rewrites[row],  # what the app searches with: all its variations
+                # what the app searches with: its first n variations
+                **{union_system(n): rewrites[row][:n] for n in self.union_sizes},
             }
-            values.append([judge.union_coverage(queries[s], record) for s in COVERAGE_SYSTEMS])
+            values.append([judge.union_coverage(queries[s], record) for s in self.coverage_systems])
             rows.append(index)
         if rows:
             self.coverage[stage].update(torch.tensor(values, dtype=torch.float64), rows)
@@ -414,8 +462,8 @@ class QueryRewriter(FeedbackModule):
         if batch.labels is not None:
             self.log(f"{stage}/loss", self(batch), batch_size=len(batch))
         targets = [t or "" for t in batch.targets]
-        # the app's n variations (one beam search: the best is the same as for n = 1)
-        variations = self.rewrites(batch, self.num_return_sequences)
+        # up to the largest union judged (one beam search: the best is the same as for n = 1)
+        variations = self.rewrites(batch, self.max_variations)
         rewrites = [v[0] for v in variations]
         self.metrics[f"{stage}_model"].update(rewrites, targets, batch.indices)
         self.metrics[f"{stage}_copy"].update(batch.sources, targets, batch.indices)
@@ -457,10 +505,11 @@ class QueryRewriter(FeedbackModule):
             logged[f"{stage}/copy/{name}"] = coverage["copy"]
             logged[f"{stage}/target/{name}"] = coverage["target"]
             logged[f"{stage}/lift/{name}"] = coverage["model"] - coverage["copy"]
-            # the union of the num_return_sequences rewrites the app searches with
-            union = f"union{self.num_return_sequences}_{name}"
-            logged[f"{stage}/{union}"] = coverage["union"]
-            logged[f"{stage}/lift/{union}"] = coverage["union"] - coverage["copy"]
+            # the union of the first n variations the app searches with
+            for n in self.union_sizes:
+                union = union_system(n)
+                logged[f"{stage}/{union}_{name}"] = coverage[union]
+                logged[f"{stage}/lift/{union}_{name}"] = coverage[union] - coverage["copy"]
         self.log_dict(logged)
         self._log_samples(stage)
         self.keep_evaluation(
@@ -532,6 +581,7 @@ class QueryRewriter(FeedbackModule):
             # lightning_modules.surface.SurfaceRestorer.
             "postprocess": "restore_surface" if self.restorer is not None else None,
             "num_return_sequences": self.num_return_sequences,
+            "variations": self.variations.as_dict(),
         }
 
     def export(

@@ -76,8 +76,11 @@ def test_fit_logs_bleu_and_copy_baseline_then_export_reloads_identically(
     assert float(logged["val/lift/coverage@10"]) == pytest.approx(
         float(logged["val/coverage@10"] - logged["val/copy/coverage@10"]), abs=1e-6
     )
-    # the union of the app's 3 rewrites finds at least what the best one finds
-    assert float(logged["val/union3_coverage@10"]) >= float(logged["val/coverage@10"]) - 1e-6
+    # the union of the first n variations, n = 1, 3, 5: n = 1 is the best rewrite alone, and
+    # more variations find at least what fewer found
+    union = [float(logged[f"val/union{n}_coverage@10"]) for n in (1, 3, 5)]
+    assert union[0] == pytest.approx(float(logged["val/coverage@10"]), abs=1e-6)
+    assert union[0] <= union[1] + 1e-6 <= union[2] + 2e-6
     assert float(logged["val/lift/union3_coverage@10"]) == pytest.approx(
         float(logged["val/union3_coverage@10"] - logged["val/copy/coverage@10"]), abs=1e-6
     )

@@ -14,7 +14,12 @@ from datamodules.rewrite_feedback import RewritePair
 from datamodules.rewrite_inputs import RewriteCollator, RewriteInputFormat
 from lightning_modules.export import EXPORT_METADATA_FILE
 from lightning_modules.query_rewriter import QueryRewriter, RewriteMetrics
-from lightning_modules.rewriter_inference import ExportedQueryRewriter
+from lightning_modules.rewriter_inference import (
+    ExportedQueryRewriter,
+    RewriteVariations,
+    content_terms,
+    select_variations,
+)
 from tests.conftest import TINY_T5, generated_ids
 
 HYPOTHESES = [
@@ -176,6 +181,7 @@ def test_export_reloads_with_auto_classes_and_generates_the_same_text(
         num_beams=3,
         max_new_tokens=10,
         repetition_penalty=1.3,
+        union_sizes=(1, 3),  # no more variations than beams: the beams stay as configured
     ).eval()
     batch = batch_of(module, PAIRS)
     expected = generated_ids(module, batch)
@@ -213,28 +219,33 @@ def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
     batch = batch_of(module, PAIRS)
     out = module.predict_step(batch, 0)
     assert [o["index"] for o in out] == [0, 1]
+    # one beam search serves every n validation judges (union_sizes up to 5): 5 beams
+    width = module.model.generation_config.num_beams
+    assert width == 5
     # Best first: beam search returns its beams by score, and the rewrites keep that order.
     scored = module.model.generate(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
-        num_beams=3,
-        num_return_sequences=3,
+        num_beams=width,
+        num_return_sequences=width,
         output_scores=True,
         return_dict_in_generate=True,
     )
-    scores = scored.sequences_scores.view(len(PAIRS), 3)
+    scores = scored.sequences_scores.view(len(PAIRS), width)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     for row, item in enumerate(out):
         assert 1 <= len(item["rewrites"]) <= 3
         assert len(set(item["rewrites"])) == len(item["rewrites"])
         beams = [
             module.restorer.restore(ids, batch.histories[row], batch.sources[row])
-            for ids in scored.sequences[row * 3 : row * 3 + 3].tolist()
+            for ids in scored.sequences[row * width : (row + 1) * width].tolist()
         ]
         # the best beam (the question where it is empty), then the next distinct ones
         best = beams[0] or batch.sources[row]
         expected = [best] + [b for b in dict.fromkeys(beams[1:]) if b and b != best]
-        assert item["rewrites"] == expected
+        assert item["rewrites"] == expected[:3]
+        # the first n variations are a prefix of the first n + 1
+        assert module.rewrites(batch, 5)[row][:3] == item["rewrites"]
     # the best rewrite does not depend on how many are asked for (validation's BLEU and the
     # app's first variation are the same text)
     assert [r[0] for r in module.rewrites(batch, 3)] == module.rewrite(batch)
@@ -447,3 +458,90 @@ def test_the_candidate_loss_teaches_the_better_candidate(tiny_backbone):
     assert with_candidates > target_only + 0.5
     module = tiny_t5(tiny_backbone, candidate_loss=SoftmaxCrossEntropyLoss())
     assert "SoftmaxCrossEntropyLoss over the logged candidates" in module.loss_name()
+
+
+# -- several variations (the app searches with each) ---------------------------------------
+
+
+def test_content_terms_leave_out_function_words():
+    assert content_terms("What is the Capital of France?") == {"capital", "france"}
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        # the next distinct non-empty beams
+        ("beams", ["capital of france", "the capital of france", "capital city of france"]),
+        # each next one adds the most new content words: "city" (1, the better beam of a tie
+        # with "paris"), then "paris" (1; "the capital of france" adds none)
+        ("novel_terms", ["capital of france", "capital city of france", "paris france capital"]),
+    ],
+)
+def test_variations_are_chosen_as_the_method_says(method, expected):
+    texts = [
+        "capital of france",
+        "the capital of france",
+        "",
+        "capital of france",
+        "capital city of france",
+        "paris france capital",
+    ]
+    assert select_variations(texts, "question", 3, method) == expected
+    assert select_variations(texts, "question", 1, method) == ["capital of france"]
+    # an empty best beam: the question itself is the first variation
+    assert select_variations(["", "a b"], "the question", 2, method) == ["the question", "a b"]
+
+
+def test_bad_variation_settings_are_refused():
+    with pytest.raises(ValueError, match="method must be one of"):
+        RewriteVariations("diverse")
+    with pytest.raises(ValueError, match="top_p"):
+        RewriteVariations("sampling", top_p=0.0)
+
+
+def test_novel_term_variations_come_from_one_wider_beam_search(tiny_backbone):
+    module = tiny_t5(
+        tiny_backbone, num_beams=2, variation_method="novel_terms", variation_pool=6
+    ).eval()
+    assert module.model.generation_config.num_beams == 6
+    batch = batch_of(module, PAIRS)
+    five = module.rewrites(batch, 5)
+    generated = module.model.generate(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, num_return_sequences=6
+    )
+    for row, rewrites in enumerate(five):
+        beams = [
+            module.restorer.restore(ids, batch.histories[row], batch.sources[row])
+            for ids in generated[row * 6 : (row + 1) * 6].tolist()
+        ]
+        assert rewrites == select_variations(beams, batch.sources[row], 5, "novel_terms")
+        assert module.rewrites(batch, 2)[row] == rewrites[:2]
+
+
+def test_sampled_variations_are_seeded_and_leave_the_random_state_alone(tiny_backbone):
+    module = tiny_t5(tiny_backbone, variation_method="sampling", variation_pool=8).eval()
+    batch = batch_of(module, PAIRS)
+    state = torch.get_rng_state()
+    first = module.rewrites(batch, 4)
+    assert torch.equal(torch.get_rng_state(), state)  # training's random draws are unchanged
+    assert module.rewrites(batch, 4) == first  # the same rewrites on every call
+    # the first is the best beam, whatever the samples
+    assert [r[0] for r in first] == module.rewrite(batch)
+    beams_only = tiny_t5(tiny_backbone).eval()
+    assert [r[0] for r in first] == beams_only.rewrite(batch)
+    assert any(len(r) > 1 for r in first)
+
+
+@pytest.mark.parametrize("method", ["novel_terms", "sampling"])
+def test_the_apps_loader_chooses_variations_as_training_did(tmp_path, tiny_backbone, method):
+    module = tiny_t5(
+        tiny_backbone, variation_method=method, variation_pool=6, num_return_sequences=4
+    ).eval()
+    batch = batch_of(module, PAIRS)
+    expected = module.rewrites(batch, 4)
+    folder = module.export(tmp_path / "export", datamodule=None)
+    rewriter = ExportedQueryRewriter(folder)
+    assert rewriter.variations == module.variations
+    questions, histories = [p.source for p in PAIRS], [list(p.history) for p in PAIRS]
+    got = rewriter.rewrite(questions, histories, n=None)  # the export's num_return_sequences
+    assert got == expected
