@@ -21,7 +21,14 @@ questions only (CANARD train's history field is not in the snapshot). The histor
 model is therefore, decided before any dev figure was seen, ``title_questions``: the article
 title as the oldest turn (the conversation's topic, which the first rewrites of train dialogs
 name) followed by the earlier questions. ``--dev-history`` also reports ``questions`` (no title)
-and ``full`` (with section and answers) as secondary rows.
+and ``full`` (with section and answers) as secondary rows, and ``title_rewrites``: the title
+followed by the model's **own** rewrites of the earlier questions, decoded turn by turn
+(:func:`rewrite_dialogs`): what an app that rewrites queries carries forward, and the form of
+CANARD train's history (earlier turns rewritten), never reading a reference rewrite.
+
+``--compare-histories`` scores the fit's held-out *train* dialogs with the reference rewrites of
+the earlier turns (the fit's own validation), the model's own rewrites and the raw questions as
+history: how much a history protocol costs, measured without dev.
 
 Usage::
 
@@ -51,7 +58,11 @@ DEFAULT_TRAIN = SHARED / "canard_train" / "canard_pairs.jsonl"
 DEFAULT_DEV = SHARED / "canard" / "dev.json"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "query_rewriting_offline.yaml"
 COPY_BASELINE_BLEU = 34.76  # the copy baseline on CANARD dev, stated in the issue
-DEV_HISTORIES = ("title_questions", "questions", "full")
+DEV_HISTORIES = ("title_questions", "questions", "full", "title_rewrites")
+# histories that need the model's own rewrites of the earlier turns (decoded turn by turn)
+OWN_REWRITE_HISTORIES = ("title_rewrites",)
+# the held-out CANARD *train* dialogs given each history (--compare-histories)
+VALIDATION_HISTORIES = ("gold_rewrites", "own_rewrites", "questions")
 
 
 def log(message: str) -> None:
@@ -78,7 +89,40 @@ def dev_history(row: dict[str, Any], mode: str) -> list[str]:
         return questions
     if mode == "title_questions":
         return [full[0], *questions] if full and full[0].strip() else questions
+    if mode == "title_rewrites":  # the title; the model's own rewrites follow (rewrite_dialogs)
+        return [full[0]] if full and full[0].strip() else []
     raise ValueError(f"unknown dev history mode {mode!r}; choose from {DEV_HISTORIES}")
+
+
+def rewrite_dialogs(
+    rewriter, dialogs: Sequence[tuple[list[str], list[str]]], batch_size: int
+) -> list[list[str]]:
+    """Rewrite every dialog turn by turn, each turn's history being the dialog's ``prefix``
+    followed by the model's **own** rewrites of its earlier questions: what an app that
+    rewrites queries carries forward, and the form CANARD train's history has (earlier turns
+    rewritten), without ever reading a reference rewrite. ``dialogs``: ``(prefix, questions)``.
+    Turn t of all dialogs is one batch of rewrites (the app's loader, one inference path).
+    """
+    own: list[list[str]] = [[] for _ in dialogs]
+    for turn in range(max((len(q) for _, q in dialogs), default=0)):
+        active = [d for d, (_, questions) in enumerate(dialogs) if turn < len(questions)]
+        questions = [dialogs[d][1][turn] for d in active]
+        histories = [[*dialogs[d][0], *own[d]] for d in active]
+        for d, rewrites in zip(
+            active, rewriter.rewrite(questions, histories, batch_size=batch_size), strict=True
+        ):
+            own[d].append(rewrites[0])
+    return own
+
+
+def dev_dialogs(dev: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Row indices of each dev dialog, in turn order (dialogs in order of first appearance)."""
+    dialogs: dict[str, list[int]] = {}
+    for i, row in enumerate(dev):
+        dialogs.setdefault(str(row.get("QuAC_dialog_id", i)), []).append(i)
+    return [
+        sorted(rows, key=lambda i: int(dev[i].get("Question_no", 0))) for rows in dialogs.values()
+    ]
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
@@ -150,7 +194,19 @@ def evaluate(export: Path, dev: list[dict[str, Any]], modes: Sequence[str], batc
     for mode in modes:
         started = time.time()
         histories = [dev_history(row, mode) for row in dev]
-        rewrites = [r[0] for r in rewriter.rewrite(questions, histories, batch_size=batch_size)]
+        if mode in OWN_REWRITE_HISTORIES:
+            dialogs = dev_dialogs(dev)
+            own = rewrite_dialogs(
+                rewriter,
+                [(histories[rows[0]], [questions[i] for i in rows]) for rows in dialogs],
+                batch_size,
+            )
+            rewrites = [""] * len(dev)
+            for rows, texts in zip(dialogs, own, strict=True):
+                for i, text in zip(rows, texts, strict=True):
+                    rewrites[i] = text
+        else:
+            rewrites = [r[0] for r in rewriter.rewrite(questions, histories, batch_size=batch_size)]
         results[mode] = corpus_scores(rewrites, references)
         results[mode]["seconds"] = round(time.time() - started)
         samples[mode] = [
@@ -159,6 +215,53 @@ def evaluate(export: Path, dev: list[dict[str, Any]], modes: Sequence[str], batc
         ]
         log(f"{mode}: {results[mode]} (copy: {results['copy']})")
     return results, samples
+
+
+def held_out_train_dialogs(
+    rows: Sequence[dict[str, Any]], validation_fraction: float
+) -> list[list[dict[str, Any]]]:
+    """CANARD *train* dialogs the fit held out for validation (the data module's own session
+    split: :func:`datamodules.query_rewriting.split_key` of the dialog), turns in order."""
+    from datamodules.query_rewriting import split_key
+    from datamodules.rewrite_feedback import RewritePair
+    from datamodules.split import is_validation_query
+
+    dialogs: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("split") != "train" or not row.get("dialog_id"):
+            continue
+        key = split_key(RewritePair(row["question"], None, session_id=str(row["dialog_id"])))
+        if is_validation_query(key, validation_fraction):
+            dialogs.setdefault(row["dialog_id"], []).append(row)
+    return [sorted(turns, key=lambda r: int(r["turn"])) for turns in dialogs.values()]
+
+
+def compare_histories(export: Path, dialogs, batch_size: int) -> dict[str, Any]:
+    """BLEU on the held-out *train* dialogs with each history (:data:`VALIDATION_HISTORIES`):
+    the reference rewrites of the earlier turns (what the fit's validation gives), the model's
+    own rewrites of them, and the raw earlier questions. Chooses a dev protocol on train data."""
+    from datamodules.converters.canard import _clean
+    from lightning_modules.rewriter_inference import ExportedQueryRewriter
+
+    rewriter = ExportedQueryRewriter(export)
+    questions = [_clean(r["question"]) for d in dialogs for r in d]
+    references = [_clean(r["rewrite"]) for d in dialogs for r in d]
+    out: dict[str, Any] = {"dialogs": len(dialogs), "questions": len(questions)}
+    for mode in VALIDATION_HISTORIES:
+        started = time.time()
+        if mode == "own_rewrites":
+            own = rewrite_dialogs(
+                rewriter, [([], [_clean(r["question"]) for r in d]) for d in dialogs], batch_size
+            )
+            rewrites = [text for texts in own for text in texts]
+        else:
+            key = "prev_rewrites" if mode == "gold_rewrites" else "prev_questions"
+            histories = [[_clean(t) for t in r[key] if _clean(t)] for d in dialogs for r in d]
+            rewrites = [x[0] for x in rewriter.rewrite(questions, histories, batch_size=batch_size)]
+        out[mode] = {**corpus_scores(rewrites, references), "seconds": round(time.time() - started)}
+        log(f"held-out train dialogs, history {mode}: {out[mode]}")
+    out["copy"] = corpus_scores(questions, references)
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -185,6 +288,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--max-dev", type=int, default=None, help="first N dev rows (smoke)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--compare-histories", action="store_true",
+        help="also score the held-out CANARD train dialogs with each history (gold rewrites, "
+        "own rewrites, raw questions): how to choose the dev protocol without dev",
+    )  # fmt: skip
     parser.add_argument("--output-json", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -196,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev = load_dev(args.dev, args.max_dev)
     with tempfile.TemporaryDirectory() as workdir:
         export = args.export or train(args, Path(workdir))
+        histories = None
+        if args.compare_histories:
+            from datamodules.converters.canard import read_canard
+
+            dialogs = held_out_train_dialogs(read_canard(args.train), args.validation_fraction)
+            histories = compare_histories(export, dialogs, args.eval_batch_size)
         results, samples = evaluate(export, dev, modes, args.eval_batch_size)
     summary = {
         "benchmark": "CANARD dev (test only), corpus SacreBLEU 13a cased",
@@ -208,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_steps": args.train_steps,
         "results": results,
         "samples": samples,
+        "held_out_train_histories": histories,
     }
     print("| system | dev history | BLEU | chrF | exact match |\n|---|---|---:|---:|---:|")
     print(

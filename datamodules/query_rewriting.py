@@ -34,6 +34,12 @@ from datamodules.split import SplitMode, drop_held_out, split_train_validation
 log = logging.getLogger(__name__)
 
 
+def split_key(pair: RewritePair) -> str:
+    """What the hash split keys a pair by: its conversation/session when it has one (a
+    session's records share context and targets), else the question itself."""
+    return f"session\x1f{pair.session_id}" if pair.session_id else pair.source
+
+
 class QueryRewritingDataModule(FeedbackDataModule):
     """Question → rewrite pairs from app feedback and/or pairs files.
 
@@ -172,7 +178,7 @@ class QueryRewritingDataModule(FeedbackDataModule):
                 pairs,
                 mode=self.split,
                 validation_fraction=self.validation_fraction,
-                key=lambda p: f"session\x1f{p.session_id}" if p.session_id else p.source,
+                key=split_key,
                 time_of=record_time,
                 salt=self.split_salt,
             )

@@ -87,3 +87,51 @@ def test_evaluate_an_export_reports_the_copy_baseline_on_the_same_rows(tmp_path,
     assert results["copy"]["bleu"] == pytest.approx(copy.score, abs=0.01)
     assert set(results) == {"copy", "title_questions", "full"}
     assert [s["question"] for s in samples["full"]] == [r["Question"] for r in DEV]
+
+
+class EchoRewriter:
+    """Rewrites a question as itself plus its history, so a test sees what history it got."""
+
+    def __init__(self):
+        self.calls = []
+
+    def rewrite(self, questions, histories, batch_size=32):
+        self.calls.append(len(questions))
+        return [[f"{q} <{' / '.join(h)}>"] for q, h in zip(questions, histories, strict=True)]
+
+
+def test_dialogs_are_rewritten_turn_by_turn_with_their_own_earlier_rewrites():
+    rewriter = EchoRewriter()
+    own = canard.rewrite_dialogs(rewriter, [(["Zappa"], ["q1", "q2"]), ([], ["r1"])], 8)
+    assert own == [["q1 <Zappa>", "q2 <Zappa / q1 <Zappa>>"], ["r1 <>"]]
+    assert rewriter.calls == [2, 1]  # turn 0 of both dialogs in one batch, then turn 1
+
+
+def test_dev_dialogs_group_rows_in_turn_order():
+    dev = [
+        {"QuAC_dialog_id": "b", "Question_no": 2},
+        {"QuAC_dialog_id": "a", "Question_no": 1},
+        {"QuAC_dialog_id": "b", "Question_no": 1},
+    ]
+    assert canard.dev_dialogs(dev) == [[2, 0], [1]]
+    assert canard.dev_history(DEV[0], "title_rewrites") == ["Frank Zappa"]
+
+
+def test_held_out_train_dialogs_are_the_fits_validation_sessions():
+    from datamodules.query_rewriting import QueryRewritingDataModule
+
+    rows = [
+        {"split": "train", "dialog_id": f"d{d}", "turn": t, "question": f"q{d} {t}",
+         "rewrite": f"r{d} {t}", "prev_questions": [], "prev_rewrites": []}
+        for d in range(60)
+        for t in (1, 0)
+    ]  # fmt: skip
+    dialogs = canard.held_out_train_dialogs(rows, 0.2)
+    assert dialogs and all([r["turn"] for r in d] == [0, 1] for d in dialogs)
+    # the same sessions the data module holds out of the fit
+    from datamodules.rewrite_feedback import RewritePair
+
+    pairs = [RewritePair(r["question"], r["rewrite"], session_id=r["dialog_id"]) for r in rows]
+    dm = QueryRewritingDataModule(train_files=[], validation_fraction=0.2)
+    dm.split_fit(pairs)
+    assert {p.session_id for p in dm.val_pairs} == {d[0]["dialog_id"] for d in dialogs}
