@@ -36,7 +36,8 @@ Recipes (``--recipes``): ``today`` (``configs/query_rewriting_offline.yaml``: ma
 on the mined target), ``candidates`` (+ the listwise loss over every logged candidate,
 :class:`~lightning_modules.losses.SoftmaxCrossEntropyLoss`), and with ``--init-from EXPORT``
 (e.g. the CANARD-trained rewriter of ``benchmarks/canard.py``) the same two starting from that
-export: ``canard`` and ``canard+candidates``.
+export: ``canard`` and ``canard+candidates``, and ``init``, that export as it is (no fit on the
+log: how it transfers).
 
 Usage::
 
@@ -70,12 +71,15 @@ CANDIDATE_LOSS = [
     "--model.init_args.candidate_loss",
     "lightning_modules.losses.SoftmaxCrossEntropyLoss",
 ]
-# recipe -> (main.py fit arguments, needs --init-from)
-RECIPES: dict[str, tuple[list[str], bool]] = {
+FINE_TUNE = ["--model.init_args.learning_rate", "5e-5"]
+# recipe -> (main.py fit arguments, needs --init-from); None: no fit (the export as it is)
+RECIPES: dict[str, tuple[list[str] | None, bool]] = {
+    "init": (None, True),
     "today": ([], False),
     "candidates": (CANDIDATE_LOSS, False),
-    "canard": ([], True),
-    "canard+candidates": (CANDIDATE_LOSS, True),
+    # a trained rewriter fine-tunes gently (README: lr 5e-5 for the CANARD-trained one)
+    "canard": (FINE_TUNE, True),
+    "canard+candidates": ([*FINE_TUNE, *CANDIDATE_LOSS], True),
 }
 
 
@@ -254,9 +258,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not train_file.exists():
                     train = [raw for raw, f in zip(raws, fold_of, strict=True) if f != fold]
                     train_file.write_text(json.dumps({TOP_KEY: train}, ensure_ascii=False))
-                log(f"{recipe}: fold {fold}: fitting")
-                export, seconds = fit_recipe(args, recipe, train_file, fold_dir)
-                result["fit_seconds"][recipe].append(seconds)
+                if RECIPES[recipe][0] is None:  # the export as it is: nothing to fit
+                    export = args.init_from
+                else:
+                    log(f"{recipe}: fold {fold}: fitting")
+                    export, seconds = fit_recipe(args, recipe, train_file, fold_dir)
+                    result["fit_seconds"][recipe].append(seconds)
                 test = [i for i in held_out if fold_of[i] == fold]
                 rewriter = ExportedQueryRewriter(export)
                 found = judge_fold(
@@ -282,15 +289,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         recipe: {name: vs(copy, column) for name, column in columns.items()}
         for recipe, columns in per_record.items()
     }
-    if len(per_record) > 1:  # each recipe against the first (today's)
-        first = args.recipes[0]
-        result["recipe_comparisons"] = {
-            f"{recipe} vs {first}": {
-                name: vs(per_record[first][name], column) for name, column in columns.items()
-            }
-            for recipe, columns in per_record.items()
-            if recipe != first
+    # each recipe against the first (today's), and the candidate loss against the same recipe
+    # without it
+    pairs = [(r, args.recipes[0]) for r in per_record if r != args.recipes[0]]
+    pairs += [
+        (r, base_recipe)
+        for r in per_record
+        for base_recipe in [r.removesuffix("+candidates") if r != "candidates" else "today"]
+        if r != base_recipe and base_recipe in per_record and (r, base_recipe) not in pairs
+    ]
+    result["recipe_comparisons"] = {
+        f"{r} vs {b}": {
+            name: vs(per_record[b][name], column) for name, column in per_record[r].items()
         }
+        for r, b in pairs
+    }
     result["per_record"] = {
         "index": held_out,
         "session": held_sessions,
@@ -350,7 +363,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.recipes is None:
         args.recipes = ["today", "candidates"] + (
-            ["canard", "canard+candidates"] if args.init_from else []
+            ["init", "canard", "canard+candidates"] if args.init_from else []
         )
     if args.output_json and args.output_json.exists():
         parser.error(f"{args.output_json} exists: choose a new name (results are never replaced)")
