@@ -246,7 +246,7 @@ def compare_histories(export: Path, dialogs, batch_size: int) -> dict[str, Any]:
     rewriter = ExportedQueryRewriter(export)
     questions = [_clean(r["question"]) for d in dialogs for r in d]
     references = [_clean(r["rewrite"]) for d in dialogs for r in d]
-    out: dict[str, Any] = {"dialogs": len(dialogs), "questions": len(questions)}
+    out: dict[str, Any] = {"dialogs": len(dialogs), "turns": len(questions)}
     for mode in VALIDATION_HISTORIES:
         started = time.time()
         if mode == "own_rewrites":
