@@ -163,10 +163,11 @@ class QueryRewriter(FeedbackModule):
             app's loader (the app searches with several).
         variation_method, variation_pool, sampling_top_p, sampling_temperature: how those
             variations are chosen (:class:`~lightning_modules.rewriter_inference.
-            RewriteVariations`): ``beams`` (the next distinct beams), ``novel_terms`` (from a
-            beam search over ``variation_pool`` beams, each next variation the one adding the
-            most new content words) or ``sampling`` (nucleus samples after the best beam).
-            Saved in the export, so the app's loader chooses them the same way.
+            RewriteVariations`): ``novel_terms`` (default: from a beam search over
+            ``variation_pool`` beams, each next variation the one adding the most new content
+            words; measured: ``benchmarks/rewriting_retrieval.py``), ``beams`` (the next
+            distinct beams) or ``sampling`` (nucleus samples after the best beam). Saved in the
+            export, so the app's loader chooses them the same way.
         union_sizes: validation judges the union of the first ``n`` variations for each ``n``
             here (``val/union{n}_coverage@10``), from one beam search: ``num_beams`` is raised
             to the largest ``n`` (and ``num_return_sequences``), so the best rewrite is the same
@@ -213,7 +214,7 @@ class QueryRewriter(FeedbackModule):
         length_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
         num_return_sequences: int = 3,
-        variation_method: VariationMethod = "beams",
+        variation_method: VariationMethod = "novel_terms",
         variation_pool: int = 10,
         sampling_top_p: float = 0.9,
         sampling_temperature: float = 1.0,

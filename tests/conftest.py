@@ -14,6 +14,23 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package),
+    registered in ``sys.modules`` so its dataclasses and pickles resolve."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_under_test", REPO_ROOT / "benchmarks" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 if str(REPO_ROOT) not in sys.path:  # import the project without installing it
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import sacrebleu
 import torch
 
+from tests.conftest import load_benchmark
+
 # end-to-end: whole fits, subprocesses or benchmark runs (the slow tier; CI runs every tier)
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "canard.py"
-_spec = importlib.util.spec_from_file_location("canard_under_test", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-canard = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = canard
-_spec.loader.exec_module(canard)
+canard = load_benchmark("canard")
 
 DEV = [
     {

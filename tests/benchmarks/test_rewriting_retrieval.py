@@ -3,22 +3,14 @@ whole run on a tiny hand-made log with a tiny T5."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import rewriting_app_record, write_rewriter_config
+from tests.conftest import load_benchmark, rewriting_app_record, write_rewriter_config
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "rewriting_retrieval.py"
-_spec = importlib.util.spec_from_file_location("rewriting_retrieval_under_test", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+bench = load_benchmark("rewriting_retrieval")
 
 
 def session_log(sessions: int = 12, per_session: int = 3) -> list[dict]:
@@ -76,7 +68,7 @@ def test_session_bootstrap_interval_against_a_numpy_cluster_bootstrap():
 
 @pytest.mark.slow
 def test_a_whole_run_judges_every_held_out_record_once(tmp_path, tiny_backbone):
-    raws = session_log(8, 3)
+    raws = session_log(20, 2)  # enough sessions for every fold's fit to hold some out
     log_file = tmp_path / "log.json"
     log_file.write_text(json.dumps({bench.TOP_KEY: raws}))
     before = log_file.read_bytes()

@@ -182,6 +182,7 @@ def test_export_reloads_with_auto_classes_and_generates_the_same_text(
         max_new_tokens=10,
         repetition_penalty=1.3,
         union_sizes=(1, 3),  # no more variations than beams: the beams stay as configured
+        variation_method="beams",
     ).eval()
     batch = batch_of(module, PAIRS)
     expected = generated_ids(module, batch)
@@ -215,7 +216,9 @@ def test_export_refuses_to_replace_an_existing_folder(tmp_path, tiny_backbone):
 
 
 def test_predict_returns_distinct_rewrites_best_first(tiny_backbone):
-    module = tiny_t5(tiny_backbone, num_return_sequences=3, num_beams=3).eval()
+    module = tiny_t5(
+        tiny_backbone, num_return_sequences=3, num_beams=3, variation_method="beams"
+    ).eval()
     batch = batch_of(module, PAIRS)
     out = module.predict_step(batch, 0)
     assert [o["index"] for o in out] == [0, 1]
@@ -527,7 +530,7 @@ def test_sampled_variations_are_seeded_and_leave_the_random_state_alone(tiny_bac
     assert module.rewrites(batch, 4) == first  # the same rewrites on every call
     # the first is the best beam, whatever the samples
     assert [r[0] for r in first] == module.rewrite(batch)
-    beams_only = tiny_t5(tiny_backbone).eval()
+    beams_only = tiny_t5(tiny_backbone, variation_method="beams").eval()
     assert [r[0] for r in first] == beams_only.rewrite(batch)
     assert any(len(r) > 1 for r in first)
 
