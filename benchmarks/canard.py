@@ -146,7 +146,7 @@ def train(args: argparse.Namespace, workdir: Path) -> Path:
     from datamodules.converters.canard import convert_canard, read_canard
 
     report = ConversionReport()
-    pairs = convert_canard(read_canard(args.train), history="rewrites", report=report)
+    pairs = convert_canard(read_canard(args.train), history=args.train_history, report=report)
     pairs_file = workdir / "canard_train_pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     log(f"{len(pairs)} CANARD train pairs -> {pairs_file}")
@@ -273,6 +273,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--export", type=Path, help="evaluate this export; no training")
     parser.add_argument("--budget-minutes", type=int, default=40, help="training time limit")
+    parser.add_argument(
+        "--train-history", choices=("rewrites", "questions"), default="rewrites",
+        help="training pairs' history: the earlier turns rewritten (default) or as asked",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--validation-fraction", type=float, default=0.02)
@@ -318,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": str(export),
         "config": str(args.config) if not args.export else None,
         "budget_minutes": None if args.export else args.budget_minutes,
+        "train_history": None if args.export else args.train_history,
         "train_seconds": args.train_seconds,
         "train_steps": args.train_steps,
         "results": results,
