@@ -129,3 +129,27 @@ def test_held_out_train_dialogs_are_the_fits_validation_sessions():
     dm = QueryRewritingDataModule(train_files=[], validation_fraction=0.2)
     dm.split_fit(pairs)
     assert {p.session_id for p in dm.val_pairs} == {d[0]["dialog_id"] for d in dialogs}
+
+
+def test_cast_is_scored_with_the_title_and_earlier_raw_utterances(tmp_path, monkeypatch):
+    import lightning_modules.rewriter_inference as inference
+
+    rows = [
+        {"year": 2019, "raw": "what is it?", "rewrite": "what is a physician assistant?",
+         "history_raw": [], "title": "Physician assistant"},
+        {"year": 2021, "raw": "how much does it cost?", "rewrite": "how much does a PA cost?",
+         "history_raw": ["what is a PA?"]},
+    ]  # fmt: skip
+    path = tmp_path / "cast.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    echo = EchoRewriter()
+    monkeypatch.setattr(inference, "ExportedQueryRewriter", lambda folder: echo)
+    out = canard.evaluate_cast(tmp_path, path, batch_size=4)
+    raw, refs = [r["raw"] for r in rows], [[r["rewrite"] for r in rows]]
+    assert out["copy"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(raw, refs).score, abs=0.01)
+    hyps = ["what is it? <Physician assistant>", "how much does it cost? <what is a PA?>"]
+    assert out["model"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, refs).score, abs=0.01)
+    assert set(out["by_year"]) == {"2019", "2021"} and out["utterances"] == 2
+    path.write_text(json.dumps({"year": 2019, "raw": "x", "history_raw": []}) + "\n")
+    with pytest.raises(ValueError, match="record 0: field 'rewrite'"):
+        canard.evaluate_cast(tmp_path, path, batch_size=4)
