@@ -30,6 +30,10 @@ CANARD train's history (earlier turns rewritten), never reading a reference rewr
 the earlier turns (the fit's own validation), the model's own rewrites and the raw questions as
 history: how much a history protocol costs, measured without dev.
 
+``--train-history questions`` trains on the earlier questions as the user asked them (the form
+dev gives) instead of their rewrites. ``--cast`` also scores TREC CAsT 2019-2022 raw utterances
+against their manual rewrites (test only; no target), next to copying: how the model transfers.
+
 Usage::
 
     python benchmarks/canard.py --output-json benchmarks/results/canard_offline.json  # 40 min
