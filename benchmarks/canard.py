@@ -245,23 +245,27 @@ def compare_histories(export: Path, dialogs, batch_size: int) -> dict[str, Any]:
     """BLEU on the held-out *train* dialogs with each history (:data:`VALIDATION_HISTORIES`):
     the reference rewrites of the earlier turns (what the fit's validation gives), the model's
     own rewrites of them, and the raw earlier questions. Chooses a dev protocol on train data."""
-    from datamodules.converters.canard import _clean
+    from datamodules.converters.canard import clean_text
     from lightning_modules.rewriter_inference import ExportedQueryRewriter
 
     rewriter = ExportedQueryRewriter(export)
-    questions = [_clean(r["question"]) for d in dialogs for r in d]
-    references = [_clean(r["rewrite"]) for d in dialogs for r in d]
+    questions = [clean_text(r["question"]) for d in dialogs for r in d]
+    references = [clean_text(r["rewrite"]) for d in dialogs for r in d]
     out: dict[str, Any] = {"dialogs": len(dialogs), "turns": len(questions)}
     for mode in VALIDATION_HISTORIES:
         started = time.time()
         if mode == "own_rewrites":
             own = rewrite_dialogs(
-                rewriter, [([], [_clean(r["question"]) for r in d]) for d in dialogs], batch_size
+                rewriter,
+                [([], [clean_text(r["question"]) for r in d]) for d in dialogs],
+                batch_size,
             )
             rewrites = [text for texts in own for text in texts]
         else:
             key = "prev_rewrites" if mode == "gold_rewrites" else "prev_questions"
-            histories = [[_clean(t) for t in r[key] if _clean(t)] for d in dialogs for r in d]
+            histories = [
+                [clean_text(t) for t in r[key] if clean_text(t)] for d in dialogs for r in d
+            ]
             rewrites = [x[0] for x in rewriter.rewrite(questions, histories, batch_size=batch_size)]
         out[mode] = {**corpus_scores(rewrites, references), "seconds": round(time.time() - started)}
         log(f"held-out train dialogs, history {mode}: {out[mode]}")

@@ -186,12 +186,13 @@ def judge_fold(
         rewrites = rewriter.rewrite(questions, n=max(sizes), batch_size=batch_size)
         pairs = list(zip(rewrites, records, strict=True))
         # (per method: novel_terms searches a wider beam, whose best may differ)
-        values[f"{method}/rewrite"] = [judge.coverage(v[0], r) for v, r in pairs]
-        for n in sizes:
-            values[f"{method}/union{n}"] = [judge.union_coverage(v[:n], r) for v, r in pairs]
-            values[f"{method}/original+union{n}"] = [
-                judge.union_coverage([r.original_query, *v[:n]], r) for v, r in pairs
-            ]
+        names = [f"{method}/rewrite"]
+        names += [f"{method}/{prefix}union{n}" for n in sizes for prefix in ("", "original+")]
+        for v, r in pairs:  # one retrieval per distinct query of the record
+            query_sets = [v[:1]]
+            query_sets += [q for n in sizes for q in (v[:n], [r.original_query, *v[:n]])]
+            for name, value in zip(names, judge.union_coverages(query_sets, r), strict=True):
+                values.setdefault(name, []).append(value)
     rewriter.variations = configured
     return values
 

@@ -454,7 +454,9 @@ class QueryRewriter(FeedbackModule):
                 # what the app searches with: its first n variations
                 **{union_system(n): rewrites[row][:n] for n in self.union_sizes},
             }
-            values.append([judge.union_coverage(queries[s], record) for s in self.coverage_systems])
+            values.append(
+                judge.union_coverages([queries[s] for s in self.coverage_systems], record)
+            )
             rows.append(index)
         if rows:
             self.coverage[stage].update(torch.tensor(values, dtype=torch.float64), rows)

@@ -90,11 +90,23 @@ class RetrievalJudge:
         self, queries: Sequence[str], record: RewritingRecord, k: int | None = None
     ) -> float:
         """Share of ``record``'s selected sources in the union of the queries' top ``k``."""
+        return self.union_coverages([queries], record, k)[0]
+
+    def union_coverages(
+        self, query_sets: Sequence[Sequence[str]], record: RewritingRecord, k: int | None = None
+    ) -> list[float]:
+        """:meth:`union_coverage` of each query set for one record, retrieving each distinct
+        query once (validation judges the best rewrite, the unions of the first n variations
+        and the baselines, which share most of their queries)."""
         selected = set(record.selected_sources)
         if not selected:
-            return float("nan")
-        found = {url for urls in self.retrieve(queries, k) for url in urls}
-        return len(selected & found) / len(selected)
+            return [float("nan")] * len(query_sets)
+        distinct = list(dict.fromkeys(q for queries in query_sets for q in queries))
+        top = dict(zip(distinct, self.retrieve(distinct, k), strict=True))
+        return [
+            len(selected & {url for q in queries for url in top[q]}) / len(selected)
+            for queries in query_sets
+        ]
 
     def coverages(
         self,

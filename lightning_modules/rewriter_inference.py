@@ -150,6 +150,8 @@ def generate_rewrites(
         ]
     out: list[list[str]] = []
     for row, question in enumerate(batch.sources):
+        if n == 1:  # (validation's BLEU, a single rewrite: only the best beam is read)
+            per_row[row] = per_row[row][:1]
         if restorer is not None:
             texts = [restorer.restore(ids, batch.histories[row], question) for ids in per_row[row]]
         else:

@@ -42,7 +42,7 @@ TEST_ONLY_SPLITS: tuple[str, ...] = ("dev", "test")
 _WHITESPACE = re.compile(r"\s+")
 
 
-def _clean(text: Any) -> str:
+def clean_text(text: Any) -> str:
     if text is None:
         return ""
     if not isinstance(text, str):
@@ -80,15 +80,15 @@ def convert_canard(
             continue
         if split != TRAIN_SPLIT:
             raise ValueError(f"row {row.get('id')!r}: unknown CANARD split {split!r}")
-        source = _clean(row.get("question"))
-        target = _clean(row.get("rewrite"))
+        source = clean_text(row.get("question"))
+        target = clean_text(row.get("rewrite"))
         if not source or not target:
             report.drop("empty question or rewrite")
             continue
         earlier = row.get(history_key)
         if not isinstance(earlier, list):
             raise ValueError(f"row {row.get('id')!r}: {history_key} is not a list")
-        turns = [_clean(turn) for turn in earlier]
+        turns = [clean_text(turn) for turn in earlier]
         if not all(turns):
             report.drop("empty history entry (left out)", sum(not t for t in turns))
         pair = {"source": source, "target": target, "history": [t for t in turns if t]}

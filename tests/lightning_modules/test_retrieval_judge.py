@@ -90,6 +90,13 @@ def test_union_coverage_counts_a_pick_found_by_any_query() -> None:
     assert judge.union_coverage(["piaggio maker", "classic vespa"], scooters) == 1.0
     got = judge.coverages([["piaggio maker"], ["tomato", "roses"]], records())
     np.testing.assert_array_equal(got, [0.5, 1.0])
+    # several query sets for one record at once: the same values, each query retrieved once
+    sets = [["piaggio maker", "skate shoes"], ["piaggio maker", "classic vespa"], ["skate shoes"]]
+    calls = []
+    retrieve = judge.retrieve
+    judge.retrieve = lambda queries, k=None: calls.append(list(queries)) or retrieve(queries, k)
+    assert judge.union_coverages(sets, scooters) == [0.5, 1.0, 0.0]
+    assert calls == [["piaggio maker", "skate shoes", "classic vespa"]]
 
 
 def test_a_record_without_picks_has_no_coverage_and_bad_input_is_refused() -> None:
