@@ -42,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from lightning_modules.callbacks import ReleaseFreedMemory  # noqa: E402
 from lightning_modules.hardware import cpu_capability, describe_cpu  # noqa: E402
 
 
@@ -110,6 +111,7 @@ def profile_steps(model, loader, steps: int, warmup: int, autocast) -> dict[str,
     )
     model.train()
     timer = StepTimer()
+    release = ReleaseFreedMemory()
     anchor_seconds: list[float] = []
     # Time the anchor inside the step: wrap whatever the module uses to score its frozen copy.
     original = getattr(model, "anchor_scores", None)
@@ -136,6 +138,7 @@ def profile_steps(model, loader, steps: int, warmup: int, autocast) -> dict[str,
         backward_done = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        release.release()  # as the shipped trainer's ReleaseFreedMemory callback does
         done = time.perf_counter()
         if step < warmup:
             continue
@@ -206,9 +209,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         documents += train_loader.dataset[(index, 0)].documents
     tokens = token_statistics(train_loader, model.tokenizer, documents)
     print("training documents:", json.dumps(tokens), flush=True)
-    if hasattr(model, "on_fit_start"):
-        for anchor in getattr(model, "_anchor", []):
-            anchor.to(model.device)
+    anchor_once = getattr(model, "embed_training_texts_with_anchor", None)
+    if anchor_once is not None:  # as the fit's setup does, before the first step
+        started = time.perf_counter()
+        anchor_once(data.whole_training_lists(), model.device, autocast)
+        memory["after_anchor_gib"] = round(peak_rss_gib(), 2)
+        print(f"anchor, every training text once: {time.perf_counter() - started:.1f} s")
     step = profile_steps(model, data.train_dataloader(), args.steps, args.warmup, autocast)
     memory["after_steps_gib"] = round(peak_rss_gib(), 2)
     print("one training step, first epoch (s):", json.dumps(step), flush=True)

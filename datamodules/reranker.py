@@ -418,3 +418,20 @@ class RerankerDataModule(FeedbackDataModule):
             )
         sampler = ShuffleSampler(len(dataset), with_epoch=True)
         return self.resumable_loader(dataset, sampler, self.batch_size, **common)
+
+    def whole_training_lists(self) -> DataLoader:
+        """Every training list with all its judged sources (no sampling cap), in evaluation
+        batches, in file order: each text a training batch can hold, for a frozen model to
+        embed once before training (the bi-encoder's anchor)."""
+        dataset = RerankListDataset(
+            self.train_records,
+            self.document_template,
+            None,
+            sample=True,
+            max_chars=self.max_text_chars,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            collate_fn=ListwiseCollator(self.input_encoder),
+        )

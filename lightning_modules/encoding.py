@@ -7,8 +7,10 @@ function calls it, so tokenisation runs in the loader workers. Only real documen
 padding slots of a ``[B, L]`` list exist in the label/mask tensors, never as model inputs.
 
 Sequences are padded per *chunk*: the texts of a batch are sorted by token length and cut into
-chunks of ``chunk_size``, each padded to its own longest member, so one long snippet does not
-make the whole batch pay for its length. ``order`` says where each encoded row belongs.
+chunks of ``chunk_size`` (and at most ``chunk_tokens`` padded tokens, which bounds a chunk's
+activation memory whatever the texts' lengths), each padded to its own longest member, so one long
+snippet does not make the whole batch pay for its length. ``order`` says where each encoded row
+belongs.
 """
 
 from __future__ import annotations
@@ -36,15 +38,35 @@ def truncate_queries(
     return out
 
 
-def pad_in_chunks(
-    tokenizer: PreTrainedTokenizerBase, encoded: dict[str, list], chunk_size: int
-) -> ChunkedInputs:
-    """Sort unpadded encodings by length, pad them chunk by chunk."""
-    lengths = [len(ids) for ids in encoded["input_ids"]]
+def chunk_rows(lengths: list[int], chunk_size: int, chunk_tokens: int | None) -> list[list[int]]:
+    """Row indices sorted by length, cut into chunks of at most ``chunk_size`` rows and at most
+    ``chunk_tokens`` padded tokens (rows x the chunk's longest; a longer row alone is a chunk)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        current = chunks[-1] if chunks else None
+        fits = current is not None and len(current) < chunk_size
+        if fits and chunk_tokens is not None:
+            fits = (len(current) + 1) * lengths[i] <= chunk_tokens  # (i is the longest yet)
+        if fits:
+            current.append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def pad_in_chunks(
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: dict[str, list],
+    chunk_size: int,
+    chunk_tokens: int | None = None,
+) -> ChunkedInputs:
+    """Sort unpadded encodings by length, pad them chunk by chunk (see :func:`chunk_rows`)."""
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    row_chunks = chunk_rows(lengths, chunk_size, chunk_tokens)
+    order = [i for rows in row_chunks for i in rows]
     chunks = []
-    for start in range(0, len(order), chunk_size):
-        rows = order[start : start + chunk_size]
+    for rows in row_chunks:
         features = [{key: values[i] for key, values in encoded.items()} for i in rows]
         padded = tokenizer.pad(features, padding=True, return_tensors="pt")
         chunks.append({k: v for k, v in padded.items() if isinstance(v, torch.Tensor)})
@@ -71,6 +93,7 @@ class CrossEncoderInputs:
     max_length: int = 256
     max_query_length: int = 64
     chunk_size: int = 32
+    chunk_tokens: int | None = None
 
     def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]:
         # Leave at least half of the pair for the document, whatever the configured lengths.
@@ -81,7 +104,7 @@ class CrossEncoderInputs:
         pairs = self.tokenizer(
             pair_queries, pair_documents, truncation="only_second", max_length=self.max_length
         )
-        return {"pairs": pad_in_chunks(self.tokenizer, pairs, self.chunk_size)}
+        return {"pairs": pad_in_chunks(self.tokenizer, pairs, self.chunk_size, self.chunk_tokens)}
 
 
 @dataclass
@@ -92,6 +115,7 @@ class BiEncoderInputs:
     max_length: int = 256
     max_query_length: int = 64
     chunk_size: int = 32
+    chunk_tokens: int | None = None
 
     def __call__(self, queries: list[str], documents: list[list[str]]) -> dict[str, Any]:
         query_inputs = self.tokenizer(
@@ -107,7 +131,9 @@ class BiEncoderInputs:
         )
         return {
             "queries": {k: v for k, v in query_inputs.items() if isinstance(v, torch.Tensor)},
-            "documents": pad_in_chunks(self.tokenizer, document_inputs, self.chunk_size),
+            "documents": pad_in_chunks(
+                self.tokenizer, document_inputs, self.chunk_size, self.chunk_tokens
+            ),
             "documents_per_query": torch.tensor([len(docs) for docs in documents]),
         }
 
@@ -128,6 +154,7 @@ class EmbeddingCache:
         self.rows: dict[bytes, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.overflowed = False  # a text was encoded but not kept: the cache was full
 
     @staticmethod
     def _keys(features: dict[str, torch.Tensor]) -> list[bytes]:
@@ -142,10 +169,14 @@ class EmbeddingCache:
         if self.capacity == 0:
             return encode(features)
         keys = self._keys(features)
-        missing = [i for i, key in enumerate(keys) if key not in self.rows]
+        first_of: dict[bytes, int] = {}  # a text repeated within the batch is encoded once
+        for i, key in enumerate(keys):
+            if key not in self.rows:
+                first_of.setdefault(key, i)
+        missing = list(first_of.values())
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh: dict[int, torch.Tensor] = {}
+        fresh: dict[bytes, torch.Tensor] = {}
         if missing:
             index = torch.tensor(missing, device=features["input_ids"].device)
             # (the last column any of them uses: right padding is trimmed, left padding kept)
@@ -153,7 +184,9 @@ class EmbeddingCache:
             width = int(used.max()) + 1 if len(used) else features["input_ids"].shape[1]
             subset = {k: v[index][:, :width] for k, v in features.items()}
             for i, row in zip(missing, encode(subset), strict=True):
-                fresh[i] = row
+                fresh[keys[i]] = row
                 if len(self.rows) < self.capacity:
                     self.rows[keys[i]] = row
-        return torch.stack([fresh[i] if i in fresh else self.rows[k] for i, k in enumerate(keys)])
+                else:
+                    self.overflowed = True
+        return torch.stack([fresh[k] if k in fresh else self.rows[k] for k in keys])

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -86,10 +89,17 @@ class RerankerModule(FeedbackModule):
             ``benchmarks/profile_fit.py``).
         chunk_size: sequences per forward pass; a batch's sequences are sorted by length and
             each chunk is padded to its own longest (smaller chunks: less padding).
+        chunk_tokens: at most this many padded tokens in a chunk (fewer sequences where they
+            are long; ``None``: no limit): a chunk's activation memory is bounded whatever the
+            lengths of the texts.
         chunk_checkpointing: in training, keep only each chunk's inputs and recompute its
             activations in the backward pass, one chunk at a time (``torch.utils.checkpoint``,
             dropout masks replayed): the activation memory of one chunk instead of the whole
             batch, for one more forward pass a step.
+        freeze_word_embeddings: keep the backbone's token embedding matrix as it is (position
+            and segment embeddings still train). For MiniLM it is half the parameters (30,522 x
+            384), whose gradient and AdamW states take 0.14 GiB, while a few hundred lists
+            touch a few thousand of its rows.
         position_bias: how training treats the display rank of the picks
             (:mod:`lightning_modules.position_bias`; default: naive, the picks as they are).
         eval_propensity_eta: examination propensities ``(1/k)^eta`` by display rank ``k`` that
@@ -125,7 +135,9 @@ class RerankerModule(FeedbackModule):
         gradient_checkpointing: bool = False,
         attention_dropout: float | None = 0.0,
         chunk_size: int = 16,
+        chunk_tokens: int | None = None,
         chunk_checkpointing: bool = False,
+        freeze_word_embeddings: bool = False,
         position_bias: NaivePositions | None = None,
         eval_propensity_eta: float = 1.0,
         display_prior_weights: Sequence[float] | None = None,
@@ -138,7 +150,11 @@ class RerankerModule(FeedbackModule):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.attention_dropout = attention_dropout
         self.chunk_size = chunk_size
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be at least 1 (or null), got {chunk_tokens}")
+        self.chunk_tokens = chunk_tokens
         self.chunk_checkpointing = chunk_checkpointing
+        self.freeze_word_embeddings = freeze_word_embeddings
         self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
@@ -217,6 +233,8 @@ class RerankerModule(FeedbackModule):
                     f"attention_dropout: {type(model).__name__} has no "
                     "attention_probs_dropout_prob setting; leave attention_dropout at null"
                 )
+        if self.freeze_word_embeddings:
+            model.get_input_embeddings().requires_grad_(False)
         return model.train()  # from_pretrained returns eval mode; dropout belongs to training
 
     def forward_chunk(self, function, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -490,7 +508,11 @@ class CrossEncoderReranker(RerankerModule):
 
     def input_encoder(self) -> CrossEncoderInputs:
         return CrossEncoderInputs(
-            self.tokenizer, self.max_length, self.max_query_length, self.chunk_size
+            self.tokenizer,
+            self.max_length,
+            self.max_query_length,
+            self.chunk_size,
+            self.chunk_tokens,
         )
 
     def score_inputs(self, inputs):
@@ -570,11 +592,55 @@ class BiEncoderReranker(RerankerModule):
         log_temperature = torch.tensor(math.log(temperature))
         self.log_temperature = torch.nn.Parameter(log_temperature, requires_grad=learn_temperature)
         # Kept in a list so that it is neither trained, nor saved in checkpoints, nor switched
-        # to train mode by Lightning.
+        # to train mode by Lightning. ``setup`` releases it once it has embedded every text.
         self._anchor: list[torch.nn.Module] = []
         if anchor_weight > 0:
             self._anchor.append(copy.deepcopy(self.model).eval().requires_grad_(False))
         self._anchor_cache = EmbeddingCache(anchor_cache_size)
+
+    def setup(self, stage: str) -> None:
+        # (before a checkpoint is restored: the copy still holds the weights training started
+        # from, on a resumed fit too)
+        lists = getattr(getattr(self.trainer, "datamodule", None), "whole_training_lists", None)
+        if stage == "fit" and lists is not None:
+            self.embed_training_texts_with_anchor(
+                lists(),
+                self.trainer.strategy.root_device,
+                self.trainer.precision_plugin.forward_context,
+            )
+
+    @torch.no_grad()
+    def embed_training_texts_with_anchor(self, lists, device, forward_context=nullcontext) -> None:
+        """Embed every text of the training lists (batches of
+        :meth:`~datamodules.reranker.RerankerDataModule.whole_training_lists`) with the frozen
+        copy once, into the anchor cache, and release the copy (a model's worth of memory,
+        0.16 GiB for MiniLM) when the cache holds them all; training then reads the anchor
+        from memory only. Kept where the cache is too small for the texts."""
+        if not self._anchor or self._anchor_cache.capacity == 0:
+            return
+        started = time.perf_counter()
+        self._anchor[0].to(device)
+        # (a DataLoader draws its base seed from the global RNG: forked, so training's dropout
+        # masks and samples are those of a fit without this pass)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), forward_context():
+            for batch in lists:
+                self.anchor_scores(move_data_to_device(batch, device))
+        cache = self._anchor_cache
+        if cache.overflowed:
+            log.info(
+                "Anchor: the training texts exceed anchor_cache_size %d; the frozen copy stays "
+                "to embed the rest on every step",
+                cache.capacity,
+            )
+            return
+        self._anchor.clear()
+        log.info(
+            "Anchor: the untouched backbone embedded the %d distinct training texts once "
+            "(%.0f s); the frozen copy is released",
+            len(cache.rows),
+            time.perf_counter() - started,
+        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -583,7 +649,11 @@ class BiEncoderReranker(RerankerModule):
 
     def input_encoder(self) -> BiEncoderInputs:
         return BiEncoderInputs(
-            self.tokenizer, self.max_length, self.max_query_length, self.chunk_size
+            self.tokenizer,
+            self.max_length,
+            self.max_query_length,
+            self.chunk_size,
+            self.chunk_tokens,
         )
 
     def embed(
@@ -636,8 +706,16 @@ class BiEncoderReranker(RerankerModule):
         """The untouched backbone's training-list scores (the anchor's target), its embeddings
         served from :class:`EmbeddingCache` where it has seen a text before."""
 
+        def encode(features: dict[str, torch.Tensor]) -> torch.Tensor:
+            if not self._anchor:
+                raise RuntimeError(
+                    "the anchor met a training text it did not embed before training; was the "
+                    "training data changed after setup?"
+                )
+            return self.embed(features, self._anchor[0])
+
         def embed(features: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self._anchor_cache.embed(features, lambda f: self.embed(f, self._anchor[0]))
+            return self._anchor_cache.embed(features, encode)
 
         queries = embed(batch.inputs["queries"])
         chunked: ChunkedInputs = batch.inputs["documents"]
@@ -659,7 +737,7 @@ class BiEncoderReranker(RerankerModule):
         biased = positions.training_scores(scores, batch.display_rank, batch.mask)
         loss = positions.training_loss(self.loss, biased, labels, mask, batch.display_rank)
         self.log("train/ranking_loss", loss, batch_size=size)
-        if self._anchor:  # (the model's own scores, as inference sees them: no position term)
+        if self.anchor_weight > 0:  # (the model's own scores as inference sees them: no bias)
             anchor = listwise_distillation(scores, self.anchor_scores(batch), mask)
             self.log("train/anchor_loss", anchor, batch_size=size)
             loss = loss + self.anchor_weight * anchor
@@ -673,7 +751,7 @@ class BiEncoderReranker(RerankerModule):
             parts.append(self.position_bias.describe())
         if self.in_batch_negatives:
             parts.append("the batch's other sources as negatives")
-        if self._anchor:
+        if self.anchor_weight > 0:
             parts.append(
                 f"listwise distillation to the untouched backbone (weight {self.anchor_weight:g})"
             )

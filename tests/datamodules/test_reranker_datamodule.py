@@ -131,6 +131,40 @@ def test_chunks_pad_to_their_own_length_and_restore_order(tokenizer):
     assert inputs["documents_per_query"].tolist() == [2, 3]
 
 
+def test_chunk_rows_caps_rows_and_padded_tokens():
+    from lightning_modules.encoding import chunk_rows
+
+    lengths = [100, 10, 30, 250, 12, 90, 95, 11]
+    # rows only: length-sorted runs of 3
+    assert chunk_rows(lengths, 3, None) == [[1, 7, 4], [2, 5, 6], [0, 3]]
+    # a token budget of 200: a chunk grows while rows x its longest stays within it, and a row
+    # longer than the budget is a chunk of its own
+    chunks = chunk_rows(lengths, 16, 200)
+    assert chunks == [[1, 7, 4, 2], [5, 6], [0], [3]]
+    for rows in chunks:
+        assert len(rows) == 1 or len(rows) * max(lengths[i] for i in rows) <= 200
+    assert sorted(i for rows in chunks for i in rows) == list(range(len(lengths)))
+
+
+def test_token_budget_chunks_restore_the_same_inputs(tokenizer):
+    docs = [["a", "the cost of sales " * 10], ["red", "the fruit is red and yellow", "dog"]]
+    capped = BiEncoderInputs(tokenizer, max_length=64, chunk_size=8, chunk_tokens=24)
+    inputs = capped(["q one", "q two"], docs)
+    chunks = inputs["documents"]["chunks"]
+    assert len(chunks) > 1
+    for chunk in chunks:  # (one long document alone may exceed the budget)
+        assert chunk["input_ids"].numel() <= 24 or len(chunk["input_ids"]) == 1
+    ids = [c["input_ids"] for c in chunks]
+    width = max(t.shape[1] for t in ids)
+    restored = unchunk(
+        [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in ids],
+        inputs["documents"]["order"],
+    )
+    flat = [d for row in docs for d in row]
+    for i, text in enumerate(flat):
+        assert tokenizer.decode(restored[i], skip_special_tokens=True) == text.strip()
+
+
 def test_unjudged_sources_are_evaluated_but_never_trained_on(tmp_path, tokenizer, make_record):
     raw = make_record(0, n_sources=6, picks=(1,))
     raw["negative_sources"] = [raw["all_sources"][0]["url"]]  # skipped above the click

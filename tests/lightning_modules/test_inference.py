@@ -244,3 +244,38 @@ def test_export_best_model_callback_writes_the_onnx_files_when_asked(tiny_backbo
     assert all((tmp_path / "export" / f).is_file() for f in metadata["onnx"]["files"].values())
     reranker = ExportedReranker.load(tmp_path / "export", backend="onnx")
     assert len(reranker.rank("red fruit", [{"title": "apple"}, {"title": "car"}])) == 2
+
+
+def test_plan_batches_finds_the_cheapest_cut_of_the_sorted_lengths():
+    import itertools
+    import random
+
+    from lightning_modules.inference import plan_batches
+
+    def cost(runs, lengths, call_cost):
+        return sum(len(r) * max(lengths[i] for i in r) + call_cost for r in runs)
+
+    # one long text among short ones: padded with them it would cost 4 x 200 tokens
+    assert plan_batches([10, 12, 200, 11], 32, call_cost=64) == [[0, 3, 1], [2]]
+    assert plan_batches([10, 12, 200, 11], 32, call_cost=1000) == [[0, 3, 1, 2]]
+    rng = random.Random(0)
+    for _ in range(30):
+        lengths = [rng.randint(5, 256) for _ in range(rng.randint(1, 9))]
+        max_rows, call_cost = rng.randint(1, 5), rng.choice([0, 16, 64, 256])
+        runs = plan_batches(lengths, max_rows, call_cost)
+        assert sorted(i for r in runs for i in r) == list(range(len(lengths)))
+        assert all(1 <= len(r) <= max_rows for r in runs)
+        # brute force over every cut of the length-sorted rows
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = float("inf")
+        for cuts in itertools.product([False, True], repeat=len(order) - 1):
+            candidate, run = [], [order[0]]
+            for i, cut in zip(order[1:], cuts, strict=True):
+                if cut:
+                    candidate.append(run)
+                    run = []
+                run.append(i)
+            candidate.append(run)
+            if all(len(r) <= max_rows for r in candidate):
+                best = min(best, cost(candidate, lengths, call_cost))
+        assert cost(runs, lengths, call_cost) == best

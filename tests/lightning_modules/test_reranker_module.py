@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from datamodules.reranker import ListwiseCollator, RerankList
@@ -166,3 +167,58 @@ def test_chunk_checkpointing_gives_the_same_gradients_with_less_kept(tiny_backbo
     for name in grads:
         torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-6, rtol=1e-5)
     assert kept_ckpt < kept / 4  # the forward keeps chunk inputs, not activations
+
+
+def fit_recording_losses(backbone, feedback_file, **model_kwargs):
+    """A 2-epoch fit of a tiny bi-encoder on a feedback file; its module and step losses."""
+    import lightning as L
+
+    from datamodules.reranker import RerankerDataModule
+
+    L.seed_everything(0)
+    module = BiEncoderReranker(model_name_or_path=str(backbone), max_length=32, **model_kwargs)
+    data = RerankerDataModule(
+        train_files=[str(feedback_file)], batch_size=4, validation_fraction=0.3
+    )
+    data.input_encoder = module.input_encoder()
+    losses: list[float] = []
+
+    class RecordLoss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(
+        max_epochs=2,
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[RecordLoss()],
+    )
+    trainer.fit(module, data)
+    return module, losses
+
+
+def test_the_anchor_embeds_every_training_text_once_then_its_copy_is_released(
+    tiny_backbone, feedback_file
+):
+    released, losses = fit_recording_losses(tiny_backbone, feedback_file, anchor_weight=1.0)
+    assert released._anchor == []  # the frozen copy's memory is given back before training
+    cache = released._anchor_cache
+    assert len(losses) == 2 * 7  # 28 training lists in batches of 4, 2 epochs
+    # each distinct text was embedded once, before the first step; training only read them
+    assert cache.misses == len(cache.rows) > 0 and cache.hits > cache.misses
+    # the same fit with the copy kept (no cache: the anchor re-embeds every step)
+    kept, expected = fit_recording_losses(
+        tiny_backbone, feedback_file, anchor_weight=1.0, anchor_cache_size=0
+    )
+    assert len(kept._anchor) == 1
+    assert losses == pytest.approx(expected, abs=1e-5)
+    # a cache too small for the training texts keeps the copy for the rest, same losses
+    small, overflowing = fit_recording_losses(
+        tiny_backbone, feedback_file, anchor_weight=1.0, anchor_cache_size=5
+    )
+    assert len(small._anchor) == 1 and small._anchor_cache.overflowed
+    assert overflowing == pytest.approx(expected, abs=1e-5)
