@@ -204,7 +204,7 @@ JOBS = [
     ("reranker.yaml", "reranker_full.yaml"),
     ("reranker.yaml", "reranker_cross_encoder.yaml"),
     ("reranker.yaml", "reranker_jina.yaml"),
-    ("reranker.yaml", "low_memory.yaml"),
+    ("reranker.yaml", "fast.yaml"),
     ("reranker.yaml", "position_additive.yaml"),
     ("reranker.yaml", "position_ips.yaml"),
     ("reranker.yaml", "position_skip_above.yaml"),
@@ -253,8 +253,8 @@ def test_every_config_builds_its_classes(job, tmp_path, tiny_backbone, tiny_t5_f
     callbacks = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"ModelCheckpoint", "EarlyStopping", "ExportBestModel"} <= callbacks
     assert len(cli.trainer.loggers) == 2
-    if job[-1] == "low_memory.yaml":
-        assert cli.model.chunk_checkpointing and cli.model.chunk_size == 8
+    if job[-1] == "fast.yaml":
+        assert not cli.model.chunk_checkpointing and cli.model.chunk_tokens == 1024
 
 
 def test_code_defaults_are_the_shipped_recipes():

@@ -109,8 +109,10 @@ def saved_attention_matrices(module, batch) -> list[tuple[int, ...]]:
 
 
 def test_attention_dropout_zero_keeps_no_attention_matrices(tiny_backbone):
-    default = BiEncoderReranker(model_name_or_path=str(tiny_backbone), attention_dropout=None)
-    fused = BiEncoderReranker(model_name_or_path=str(tiny_backbone))  # the recipe: 0
+    # (chunks not recomputed, so that the forward keeps what the backward reads)
+    kwargs = {"model_name_or_path": str(tiny_backbone), "chunk_checkpointing": False}
+    default = BiEncoderReranker(attention_dropout=None, **kwargs)
+    fused = BiEncoderReranker(**kwargs)  # the recipe: 0
     assert default.model.config.attention_probs_dropout_prob == 0.1  # the backbone's own
     assert fused.model.config.attention_probs_dropout_prob == 0.0
     batch = ListwiseCollator(default.input_encoder())(lists())
