@@ -12,7 +12,8 @@ process, on this machine:
 - one validation pass (no gradients), whole;
 - the process's peak resident memory after each part;
 
-and extrapolates the fit: ``epochs x (steps per epoch x step + validation pass)``. Every figure
+and extrapolates the fit: the anchor's one pass over the training texts, then
+``epochs x (steps per epoch x step + validation pass)``. Every figure
 is printed with the CPU capability it was measured on. The baseline it compares against is the
 same recipe with its code-level levers off (``--baseline``: anchor re-run every step), in the
 same run.
@@ -210,11 +211,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tokens = token_statistics(train_loader, model.tokenizer, documents)
     print("training documents:", json.dumps(tokens), flush=True)
     anchor_once = getattr(model, "embed_training_texts_with_anchor", None)
+    anchor_seconds = 0.0
     if anchor_once is not None:  # as the fit's setup does, before the first step
         started = time.perf_counter()
         anchor_once(data.whole_training_lists(), model.device, autocast)
+        anchor_seconds = round(time.perf_counter() - started, 2)
         memory["after_anchor_gib"] = round(peak_rss_gib(), 2)
-        print(f"anchor, every training text once: {time.perf_counter() - started:.1f} s")
+        print(f"anchor, every training text once: {anchor_seconds:.1f} s", flush=True)
     step = profile_steps(model, data.train_dataloader(), args.steps, args.warmup, autocast)
     memory["after_steps_gib"] = round(peak_rss_gib(), 2)
     print("one training step, first epoch (s):", json.dumps(step), flush=True)
@@ -229,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print("one validation pass:", json.dumps(validation), flush=True)
     epochs = trainer.max_epochs or 1
     train_seconds = steps_per_epoch * (step["step"] + (epochs - 1) * again["step"])
-    estimate = train_seconds + epochs * (validation["seconds"] if validation else 0.0)
+    estimate = anchor_seconds + train_seconds
+    estimate += epochs * (validation["seconds"] if validation else 0.0)
     result = {
         "machine": {"cpu": describe_cpu(capability), **capability},
         "precision": precision,
@@ -241,12 +245,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "tokens": tokens,
         "step_seconds": step,
         "step_seconds_warm_cache": again,
+        "anchor_once_seconds": anchor_seconds,
         "validation": validation,
         "peak_rss": memory,
         "estimated_fit_minutes": round(estimate / 60, 1),
     }
     print(
-        f"estimated fit: {steps_per_epoch} steps x ({step['step']:.2f} s + {epochs - 1} x "
+        f"estimated fit: anchor {anchor_seconds:.0f} s + {steps_per_epoch} steps x "
+        f"({step['step']:.2f} s + {epochs - 1} x "
         f"{again['step']:.2f} s)"
         + (f" + {epochs} x validation {validation['seconds']:.0f} s" if validation else "")
         + f" = {estimate / 60:.1f} min; peak RSS {max(memory.values()):.2f} GiB "

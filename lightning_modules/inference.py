@@ -25,8 +25,9 @@ The ONNX backends tokenise and pool the way sentence-transformers does (``longes
 truncation at the export's ``max_length``, mean pooling and normalisation as the folder's
 ``modules.json`` says), so their scores match the ``torch`` ones to float precision (fp32) or to
 quantisation error (int8); they pad less: a request's texts are sorted by length and cut into
-batches that minimise the padded tokens computed (:func:`plan_batches`). Scores are cosine similarities (or
-dot products) for a bi-encoder, logits for a cross-encoder: only their order means something.
+batches that minimise the padded tokens computed (:func:`plan_batches`). Scores are cosine
+similarities (or dot products) for a bi-encoder, logits for a cross-encoder: only their order
+means something.
 
 An export fitted with a display prior (``display_prior_weights`` in training; its weight in
 ``feedback_finetuning.json``) mixes those scores with the order the sources were given in,

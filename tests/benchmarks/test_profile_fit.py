@@ -48,5 +48,12 @@ def test_profile_reports_every_part_of_a_step_and_the_data(
     # the estimate: a first epoch at the cold step, later ones at the warm step, each + validation
     cold, warm = result["step_seconds"]["step"], result["step_seconds_warm_cache"]["step"]
     expected = result["steps_per_epoch"] * (cold + warm) + 2 * result["validation"]["seconds"]
+    expected += result["anchor_once_seconds"]  # every training text embedded once, first
+    assert result["anchor_once_seconds"] > 0
     assert abs(result["estimated_fit_minutes"] - expected / 60) <= 0.051
-    assert set(result["peak_rss"]) == {"after_setup_gib", "after_steps_gib", "after_validation_gib"}
+    assert set(result["peak_rss"]) == {
+        "after_setup_gib",
+        "after_anchor_gib",
+        "after_steps_gib",
+        "after_validation_gib",
+    }
