@@ -276,7 +276,8 @@ class ReleaseFreedMemory(L.Callback):
     resident; chunks of a different length every step then leave holes that new allocations do
     not fill, and the process's resident memory creeps up through a fit (measured on the default
     reranker fit: from 1.6 to 2.0 GiB, with nothing more in use). Trimming after each step hands
-    the holes back; the next step touches fresh pages again, a cost of about 1% of a CPU step.
+    the holes back; the next step then touches fresh pages again (more minor page faults; their
+    time has not been measured apart from the rest of a step).
 
     Args:
         every_n_steps: trim after every this many training steps (0: only after evaluation).

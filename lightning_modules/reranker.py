@@ -98,8 +98,7 @@ class RerankerModule(FeedbackModule):
             batch, for one more forward pass a step.
         freeze_word_embeddings: keep the backbone's token embedding matrix as it is (position
             and segment embeddings still train). For MiniLM it is half the parameters (30,522 x
-            384), whose gradient and AdamW states take 0.14 GiB, while a few hundred lists
-            touch a few thousand of its rows.
+            384), whose gradient and AdamW states take 0.14 GiB.
         position_bias: how training treats the display rank of the picks
             (:mod:`lightning_modules.position_bias`; default: naive, the picks as they are).
         eval_propensity_eta: examination propensities ``(1/k)^eta`` by display rank ``k`` that
@@ -625,7 +624,7 @@ class BiEncoderReranker(RerankerModule):
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), forward_context():
             for batch in lists:
-                self.anchor_scores(move_data_to_device(batch, device))
+                self.anchor_embeddings(move_data_to_device(batch.inputs, device))
         cache = self._anchor_cache
         if cache.overflowed:
             log.info(
@@ -703,8 +702,14 @@ class BiEncoderReranker(RerankerModule):
 
     @torch.no_grad()
     def anchor_scores(self, batch: RerankBatch) -> torch.Tensor:
-        """The untouched backbone's training-list scores (the anchor's target), its embeddings
-        served from :class:`EmbeddingCache` where it has seen a text before."""
+        """The untouched backbone's training-list scores (the anchor's target)."""
+        queries, documents = self.anchor_embeddings(batch.inputs)
+        return self._training_lists(batch, queries, documents, self.anchor_temperature)
+
+    @torch.no_grad()
+    def anchor_embeddings(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The untouched backbone's query and document embeddings of a batch, served from
+        :class:`EmbeddingCache` where it has seen a text before."""
 
         def encode(features: dict[str, torch.Tensor]) -> torch.Tensor:
             if not self._anchor:
@@ -717,10 +722,9 @@ class BiEncoderReranker(RerankerModule):
         def embed(features: dict[str, torch.Tensor]) -> torch.Tensor:
             return self._anchor_cache.embed(features, encode)
 
-        queries = embed(batch.inputs["queries"])
-        chunked: ChunkedInputs = batch.inputs["documents"]
-        documents = unchunk([embed(chunk) for chunk in chunked["chunks"]], chunked["order"])
-        return self._training_lists(batch, queries, documents, self.anchor_temperature)
+        queries = embed(inputs["queries"])
+        chunked: ChunkedInputs = inputs["documents"]
+        return queries, unchunk([embed(chunk) for chunk in chunked["chunks"]], chunked["order"])
 
     def training_step(self, batch: RerankBatch, batch_idx: int) -> torch.Tensor:
         queries, documents = self.embed_batch(batch.inputs)
