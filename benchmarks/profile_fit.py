@@ -70,6 +70,7 @@ def build(config: str, extra: Sequence[str], precision: str):
         args=args,
         run=False,
     )
+    cli.model.configure_model()  # (what the Trainer calls first: the speed options)
     return cli.model, cli.datamodule, cli.trainer
 
 

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from datamodules.reranker import DEFAULT_DOCUMENT_TEMPLATE, RerankBatch
-from lightning_modules.backbones import resolve_model_path
+from lightning_modules.backbones import resolve_model_path, train_top_layers
 from lightning_modules.base import FeedbackModule
 from lightning_modules.display_prior import (
     FITTED_ON,
@@ -99,6 +99,12 @@ class RerankerModule(FeedbackModule):
         freeze_word_embeddings: keep the backbone's token embedding matrix as it is (position
             and segment embeddings still train). For MiniLM it is half the parameters (30,522 x
             384), whose gradient and AdamW states take 0.14 GiB.
+        trained_layers: train only the backbone's last N transformer layers (and its head);
+            the embeddings and the layers below stay as they are (``None``, or N at least the
+            backbone's depth: every layer trains). Autograd then records nothing below the
+            first trained layer: no backward pass through the frozen ones and, with
+            ``gradient_checkpointing`` (layer-wise), no recomputation of them either, whereas
+            ``chunk_checkpointing`` recomputes a chunk's every layer.
         position_bias: how training treats the display rank of the picks
             (:mod:`lightning_modules.position_bias`; default: naive, the picks as they are).
         eval_propensity_eta: examination propensities ``(1/k)^eta`` by display rank ``k`` that
@@ -137,6 +143,7 @@ class RerankerModule(FeedbackModule):
         chunk_tokens: int | None = 1024,
         chunk_checkpointing: bool = True,
         freeze_word_embeddings: bool = True,
+        trained_layers: int | None = None,
         position_bias: NaivePositions | None = None,
         eval_propensity_eta: float = 1.0,
         display_prior_weights: Sequence[float] | None = None,
@@ -154,6 +161,7 @@ class RerankerModule(FeedbackModule):
         self.chunk_tokens = chunk_tokens
         self.chunk_checkpointing = chunk_checkpointing
         self.freeze_word_embeddings = freeze_word_embeddings
+        self.trained_layers = trained_layers
         self.torch_compile = torch_compile
         self.gradient_checkpointing = gradient_checkpointing
         self.model_name_or_path = model_name_or_path
@@ -234,6 +242,7 @@ class RerankerModule(FeedbackModule):
                 )
         if self.freeze_word_embeddings:
             model.get_input_embeddings().requires_grad_(False)
+        train_top_layers(model, self.trained_layers)
         return model.train()  # from_pretrained returns eval mode; dropout belongs to training
 
     def forward_chunk(self, function, chunk: dict[str, torch.Tensor]) -> torch.Tensor:

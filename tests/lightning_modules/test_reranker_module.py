@@ -224,3 +224,83 @@ def test_the_anchor_embeds_every_training_text_once_then_its_copy_is_released(
     )
     assert len(small._anchor) == 1 and small._anchor_cache.overflowed
     assert overflowing == pytest.approx(expected, abs=1e-5)
+
+
+def training_gradients(module, batch, seed: int = 1) -> tuple[torch.Tensor, dict]:
+    """One training step's loss and the gradient of every backbone parameter that got one."""
+    torch.manual_seed(seed)  # the same dropout masks for every module compared
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("architecture", ["bi", "cross"])
+def test_trained_layers_train_only_the_top_layers(tiny_backbone, architecture):
+    from lightning_modules.reranker import CrossEncoderReranker
+
+    cls = BiEncoderReranker if architecture == "bi" else CrossEncoderReranker
+    results = []
+    for trained_layers in (None, 1):  # the tiny backbone has 2 layers
+        torch.manual_seed(0)
+        module = cls(model_name_or_path=str(tiny_backbone), trained_layers=trained_layers)
+        batch = ListwiseCollator(module.input_encoder())(lists())
+        results.append(training_gradients(module, batch))
+    (loss, grads), (frozen_loss, frozen_grads) = results
+    torch.testing.assert_close(frozen_loss, loss)  # freezing changes what trains, not the model
+    trained = {n for n in grads if "embeddings" not in n and ".layer.0." not in n}
+    assert trained and set(frozen_grads) == trained  # no gradient below the first trained layer
+    assert any(".layer.0." in n for n in grads) and any("embeddings" in n for n in grads)
+    for name in trained:  # and the layers above get exactly the gradients they had
+        torch.testing.assert_close(frozen_grads[name], grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_trained_layers_beyond_the_depth_train_everything_and_below_one_are_refused(
+    tiny_backbone,
+):
+    every = BiEncoderReranker(model_name_or_path=str(tiny_backbone), trained_layers=2)
+    assert all(
+        p.requires_grad
+        for n, p in every.model.named_parameters()
+        if "word_" not in n and "pooler" not in n
+    )
+    deeper = BiEncoderReranker(model_name_or_path=str(tiny_backbone), trained_layers=12)
+    assert [p.requires_grad for p in deeper.model.parameters()] == [
+        p.requires_grad for p in every.model.parameters()
+    ]
+    with pytest.raises(ValueError, match="trained_layers must be at least 1"):
+        BiEncoderReranker(model_name_or_path=str(tiny_backbone), trained_layers=0)
+
+
+def test_layerwise_checkpointing_recomputes_only_the_trained_layers(tiny_backbone):
+    """gradient_checkpointing (per layer) with trained_layers: the same gradients as keeping
+    every activation; the frozen layer runs once per forward, the trained one again in the
+    backward pass (where chunk_checkpointing would rerun both)."""
+    results, calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = BiEncoderReranker(
+            model_name_or_path=str(tiny_backbone),
+            trained_layers=1,
+            chunk_size=2,
+            chunk_checkpointing=False,
+            gradient_checkpointing=checkpointing,
+        )
+        module.configure_model()  # (what the Trainer calls: applies gradient_checkpointing)
+        batch = ListwiseCollator(module.input_encoder())(lists())
+        counts = [0, 0]
+        for i, layer in enumerate(module.model.encoder.layer):
+            # (inside the layer's checkpointed forward: a recomputation calls it again)
+            layer.attention.register_forward_hook(
+                lambda *_, i=i, counts=counts: counts.__setitem__(i, counts[i] + 1)
+            )
+        results.append(training_gradients(module, batch))
+        calls.append(counts)
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert grads.keys() == grads_ckpt.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-6, rtol=1e-5)
+    passes = calls[0][0]  # queries + document chunks (5 documents, 2 a chunk)
+    assert passes == 1 + 3 and calls[0] == [passes, passes]
+    assert calls[1] == [passes, 2 * passes]
