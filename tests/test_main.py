@@ -205,6 +205,7 @@ JOBS = [
     ("reranker.yaml", "reranker_cross_encoder.yaml"),
     ("reranker.yaml", "reranker_jina.yaml"),
     ("reranker.yaml", "fast.yaml"),
+    ("reranker.yaml", "top_layers.yaml"),
     ("reranker.yaml", "position_additive.yaml"),
     ("reranker.yaml", "position_ips.yaml"),
     ("reranker.yaml", "position_skip_above.yaml"),
@@ -255,6 +256,9 @@ def test_every_config_builds_its_classes(job, tmp_path, tiny_backbone, tiny_t5_f
     assert len(cli.trainer.loggers) == 2
     if job[-1] == "fast.yaml":
         assert not cli.model.chunk_checkpointing and cli.model.chunk_tokens == 1024
+    if job[-1] == "top_layers.yaml":  # layer-wise recomputation, never of the frozen layers
+        assert cli.model.trained_layers == 3 and cli.model.gradient_checkpointing
+        assert not cli.model.chunk_checkpointing
 
 
 def test_code_defaults_are_the_shipped_recipes():
