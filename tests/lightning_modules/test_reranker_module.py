@@ -272,6 +272,15 @@ def test_trained_layers_beyond_the_depth_train_everything_and_below_one_are_refu
         BiEncoderReranker(model_name_or_path=str(tiny_backbone), trained_layers=0)
 
 
+def test_two_kinds_of_recomputation_at_once_are_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="set one of them to false"):
+        BiEncoderReranker(
+            model_name_or_path=str(tiny_backbone),
+            chunk_checkpointing=True,
+            gradient_checkpointing=True,
+        )
+
+
 def test_layerwise_checkpointing_recomputes_only_the_trained_layers(tiny_backbone):
     """gradient_checkpointing (per layer) with trained_layers: the same gradients as keeping
     every activation; the frozen layer runs once per forward, the trained one again in the

@@ -129,13 +129,17 @@ def test_speed_options_keep_parameter_names_and_train(tiny_backbone):
         max_length=32,
         torch_compile=True,
         gradient_checkpointing=True,
+        chunk_checkpointing=False,
     )
     module.configure_model()
     assert module.model.is_gradient_checkpointing
     assert module.model._compiled_call_impl is not None  # compiled lazily, at the first call
     assert list(module.state_dict()) == list(plain.state_dict())
     checkpointed = BiEncoderReranker(
-        model_name_or_path=str(tiny_backbone), max_length=32, gradient_checkpointing=True
+        model_name_or_path=str(tiny_backbone),
+        max_length=32,
+        gradient_checkpointing=True,
+        chunk_checkpointing=False,
     )
     checkpointed.configure_model()
     batch = ListwiseCollator(checkpointed.input_encoder())(LISTS)
